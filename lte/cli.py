@@ -1,0 +1,79 @@
+"""The `lte` command line. Global options (--model, --store, --home, ...) come before the subcommand and are also
+read from LTE_MODEL, LTE_STORE, LTE_HOME, so every subcommand sees the same model and store."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from lte.settings import DEFAULT_MODEL, Settings
+
+EPILOG = """examples:
+  lte ask "Where is the Space Needle?"
+  lte edit add my_edits.jsonl            # JSONL/JSON/CSV or any dataset format lte reads
+  lte --store ./edits edit search "Where is the Space Needle?"
+  lte align --out ./aligned              # fine-tune the default model for in-context editing
+  lte --model ./aligned eval --editor lte --dataset counterfact-edit.json --limit 100
+"""
+
+
+class CommandError(Exception):
+    """A user-facing failure: printed as 'lte: error: ...' with exit status 2."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "0")
+    settings = Settings.from_env(home=args.home, model=args.model, store=args.store, chroma_url=args.chroma_url,
+                                 collection=args.collection)
+    try:
+        return args.handler(args, settings) or 0
+    except (CommandError, FileNotFoundError, KeyError, ValueError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"lte: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lte: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lte", description="Keep a language model's facts current: store edits, retrieve them into the prompt "
+        "of a model aligned to apply them (Learning to Edit).", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help=f"model: '{DEFAULT_MODEL}' (default, bundled), 'tiny-random', a directory "
+                        "(e.g. from `lte align`), a .gguf file or a hub id [env LTE_MODEL]")
+    parser.add_argument("--store", help="edit store directory [env LTE_STORE; default HOME/store]")
+    parser.add_argument("--home", help="cache directory for models, statistics, checkpoints "
+                        "[env LTE_HOME; default ~/.cache/lte]")
+    parser.add_argument("--chroma-url", help="use a running Chroma server (http://host:port) instead of the "
+                        "embedded store [env LTE_CHROMA_URL]")
+    parser.add_argument("--collection", help="named edit set inside the store [env LTE_COLLECTION; default edits]")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what is happening")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    from lte.commands import register_all
+
+    register_all(commands)
+    return parser
+
+
+def print_json(value) -> None:
+    print(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def resolve_path(value: str | None, default: Path) -> Path:
+    return Path(value).expanduser() if value else default
+
+
+if __name__ == "__main__":
+    sys.exit(main())

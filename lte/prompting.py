@@ -1,0 +1,77 @@
+"""How every editor's prompts are written: decided here, once, and used identically by all editors.
+
+Choice: the model's chat template with the assistant turn pre-filled. A cloze prompt ("The Space Needle is located
+in") is asked as "Complete the sentence: ..." and the assistant turn starts with the cloze itself, so the target
+(" Seattle", with its leading space) is scored and generated right after the cloze, tokenised exactly as in raw
+completion. A question or instruction ends the prompt at the start of the assistant turn; the target follows with no space.
+We use the chat template because the default model is an instruct model, LTE is trained and served in chat form, and
+parameter editors must be measured on the same text the served model sees. Tokenizers without a chat template fall
+back to plain text with the same rules.
+
+Edits enter only through `facts`: each is flattened to one line and stripped of the tokenizer's special tokens, so
+an edit's text cannot close the user turn or replace the system prompt.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+from transformers import PreTrainedTokenizerBase
+
+
+def is_cloze(prompt: str) -> bool:
+    """A sentence to complete ('The Space Needle is located in') rather than a question or an instruction,
+    which end with punctuation."""
+    return not prompt.rstrip().endswith(("?", ".", "!", ":", '"', ")"))
+
+
+FACTS_HEADER = "Recently updated facts (they override what you knew; ignore those that do not bear on the request):"
+CLOZE_INSTRUCTION = "Complete the sentence:"
+
+
+def user_message(query: str, facts: Sequence[str] = ()) -> str:
+    """The user turn: an optional block of updated facts, then the request."""
+    request = f"{CLOZE_INSTRUCTION} {query.strip()}" if is_cloze(query) else query.strip()
+    if not facts:
+        return request
+    lines = "\n".join(f"- {fact}" for fact in facts)
+    return f"{FACTS_HEADER}\n{lines}\n\n{request}"
+
+
+def assistant_prefill(query: str) -> str:
+    """Text the assistant turn starts with: the cloze itself, or nothing for a question or instruction."""
+    return query.strip() if is_cloze(query) else ""
+
+
+def format_target(query: str, target: str) -> str:
+    """The target as it follows the prompt: ' Seattle' after a cloze, 'Seattle' at the start of an answer.
+    Text the model generated itself (locality references) already has its own spacing and is kept as it is."""
+    if is_cloze(query):
+        return target if target.startswith(" ") else f" {target}"
+    return target
+
+
+def sanitize_fact(text: str, tokenizer: PreTrainedTokenizerBase) -> str:
+    for token in set(tokenizer.all_special_tokens) | {"<|im_start|>", "<|im_end|>"}:
+        text = text.replace(token, " ")
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def render(tokenizer: PreTrainedTokenizerBase, query: str, facts: Sequence[str] = ()) -> str:
+    """The full text the model continues; the answer starts right after it."""
+    facts = [f for f in (sanitize_fact(f, tokenizer) for f in facts) if f]
+    content = user_message(query, facts)
+    if tokenizer.chat_template:
+        chat = tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                             add_generation_prompt=True)
+        return chat + assistant_prefill(query)
+    if is_cloze(query):  # plain-text fallback for base models
+        return f"{content}\n{assistant_prefill(query)}"
+    return f"{content}\nAnswer: "
+
+
+def chat_messages(query: str, facts: Sequence[str], answer: str) -> list[dict[str, str]]:
+    """A training conversation in the same shape as `render` (used by alignment)."""
+    return [{"role": "user", "content": user_message(query, facts)},
+            {"role": "assistant", "content": assistant_prefill(query) + format_target(query, answer)}]

@@ -1,0 +1,83 @@
+"""Teacher-forced target scores and greedy generation for one causal LM, batched. Every editor answers through this."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class TargetScore:
+    """Per target token: its log-probability after the prompt and whether it was the model's top prediction."""
+
+    logprobs: tuple[float, ...]
+    correct: tuple[bool, ...]
+
+    @property
+    def token_acc(self) -> float:
+        return sum(self.correct) / len(self.correct) if self.correct else 0.0
+
+    @property
+    def mean_logprob(self) -> float:
+        return sum(self.logprobs) / len(self.logprobs) if self.logprobs else float("-inf")
+
+
+def target_ids(tokenizer: PreTrainedTokenizerBase, prompt: str, target: str) -> tuple[list[int], list[int]]:
+    """Token ids of prompt and target as the model would see them in one text. If tokenising the joined text
+    changes the prompt's tokens (a merge across the boundary), the target is tokenised on its own instead."""
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    full_ids = tokenizer(prompt + target, add_special_tokens=False)["input_ids"]
+    if full_ids[: len(prompt_ids)] == prompt_ids and len(full_ids) > len(prompt_ids):
+        return prompt_ids, full_ids[len(prompt_ids):]
+    return prompt_ids, tokenizer(target, add_special_tokens=False)["input_ids"]
+
+
+class ModelRunner:
+    """Runs a model on rendered prompts. Scoring pads on the right, generation on the left."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int = 16):
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def score(self, prompts: Sequence[str], targets: Sequence[str]) -> list[TargetScore]:
+        pairs = [target_ids(self.tokenizer, p, t) for p, t in zip(prompts, targets)]
+        scores: list[TargetScore] = []
+        for start in range(0, len(pairs), self.batch_size):
+            scores.extend(self._score_batch(pairs[start:start + self.batch_size]))
+        return scores
+
+    def _score_batch(self, pairs: list[tuple[list[int], list[int]]]) -> list[TargetScore]:
+        sequences = [p + t for p, t in pairs]
+        width = max(len(s) for s in sequences)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([s + [pad] * (width - len(s)) for s in sequences], device=self.device)
+        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences], device=self.device)
+        logprobs = torch.log_softmax(self.model(input_ids=input_ids, attention_mask=mask).logits.float(), dim=-1)
+        scores = []
+        for row, (prompt, target) in enumerate(pairs):
+            # The logits at position i predict token i + 1.
+            positions = torch.arange(len(prompt) - 1, len(prompt) + len(target) - 1, device=self.device)
+            wanted = torch.tensor(target, device=self.device)
+            step = logprobs[row, positions]
+            scores.append(TargetScore(tuple(step.gather(1, wanted[:, None]).squeeze(1).tolist()),
+                                      tuple((step.argmax(-1) == wanted).tolist())))
+        return scores
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+        texts: list[str] = []
+        for start in range(0, len(prompts), self.batch_size):
+            batch = self.tokenizer(list(prompts[start:start + self.batch_size]), add_special_tokens=False,
+                                   padding=True, padding_side="left", return_tensors="pt").to(self.device)
+            output = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                         pad_token_id=self.tokenizer.pad_token_id)
+            new_tokens = output[:, batch["input_ids"].shape[1]:]
+            texts.extend(self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+        return texts

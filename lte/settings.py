@@ -1,0 +1,51 @@
+"""Where lte keeps its files and which model/store it uses, resolved once from flags and environment."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+DEFAULT_EMBEDDER = "all-minilm-l6-v2"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Global options shared by every subcommand.
+
+    home: cache root for converted models, covariance statistics, checkpoints (LTE_HOME, default ~/.cache/lte).
+    model: model spec passed to `load_model` (LTE_MODEL, default the bundled SmolLM2-135M-Instruct).
+    store: directory of the embedded Chroma edit store (LTE_STORE, default HOME/store).
+    chroma_url: a running Chroma server to use instead of the embedded store (LTE_CHROMA_URL).
+    collection: the named edit set inside the store (LTE_COLLECTION, default "edits").
+    """
+
+    home: Path
+    model: str = DEFAULT_MODEL
+    store: Path | None = None
+    chroma_url: str | None = None
+    collection: str = "edits"
+
+    @property
+    def store_dir(self) -> Path:
+        return self.store if self.store is not None else self.home / "store"
+
+    @classmethod
+    def from_env(cls, home: str | None = None, model: str | None = None, store: str | None = None,
+                 chroma_url: str | None = None, collection: str | None = None) -> "Settings":
+        """Flags win over environment variables, which win over defaults."""
+        env = os.environ
+        home_path = Path(home or env.get("LTE_HOME") or Path.home() / ".cache" / "lte").expanduser()
+        store_value = store or env.get("LTE_STORE")
+        return cls(
+            home=home_path,
+            model=model or env.get("LTE_MODEL") or DEFAULT_MODEL,
+            store=Path(store_value).expanduser() if store_value else None,
+            chroma_url=chroma_url or env.get("LTE_CHROMA_URL") or None,
+            collection=collection or env.get("LTE_COLLECTION") or "edits",
+        )
+
+
+def lte_home() -> Path:
+    return Settings.from_env().home

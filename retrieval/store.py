@@ -1,0 +1,324 @@
+"""The edit store: edits as documents in Chroma, found by meaning, with a relevance gate.
+
+Two collections per named edit set:
+- `<name>-keys`: one row per retrieval key (the edit's prompt, its statement, each paraphrase), embedded, each
+  pointing at its edit and flagged `current`;
+- `<name>-edits`: one row per edit holding the full record, its supersede key and status (current / superseded).
+Keys are written before the record, and search ignores keys whose record is missing, so an interrupted import never
+exposes half an edit, and re-running it completes the work (ids are content hashes: nothing is added twice).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from tqdm.auto import tqdm
+
+from lte.schema import Edit
+from retrieval.embedder import Embedder
+
+CURRENT, SUPERSEDED = "current", "superseded"
+# Relevance (see `relevance`) below which a hit is treated as unrelated. Picked with `calibrate` on CounterFact
+# paraphrase (related) and neighbourhood (unrelated) prompts with all-MiniLM-L6-v2; see benchmarks/retrieval.py.
+DEFAULT_THRESHOLD = 0.5
+_PLACEHOLDER = [0.0]  # the records collection is looked up by id and metadata only; Chroma still wants a vector
+
+
+@dataclass(frozen=True)
+class Hit:
+    edit: Edit
+    score: float
+    key: str
+
+
+@dataclass(frozen=True)
+class StoredEdit:
+    edit: Edit
+    status: str
+    superseded_by: str = ""
+
+
+@dataclass(frozen=True)
+class AddReport:
+    added: int
+    skipped: int
+    superseded: int
+
+
+@dataclass(frozen=True)
+class Calibration:
+    threshold: float
+    precision: float
+    recall: float
+    n_related: int
+    n_unrelated: int
+
+
+def open_client(path: Path | None = None, url: str | None = None):
+    """An embedded persistent client under `path`, or an HTTP client for a running `chroma run` server."""
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+
+    chroma_settings = ChromaSettings(anonymized_telemetry=False)
+    if url:
+        from urllib.parse import urlparse
+
+        parsed = urlparse(url)
+        return chromadb.HttpClient(host=parsed.hostname or "127.0.0.1", port=parsed.port or 8000,
+                                   ssl=parsed.scheme == "https", settings=chroma_settings)
+    if path is None:
+        return chromadb.EphemeralClient(settings=chroma_settings)
+    Path(path).mkdir(parents=True, exist_ok=True)
+    return chromadb.PersistentClient(path=str(path), settings=chroma_settings)
+
+
+def key_texts(edit: Edit) -> list[tuple[str, str]]:
+    """(kind, text) for every key an edit is found under, without repeats."""
+    keys, seen = [], set()
+    for kind, text in [("prompt", edit.prompt), ("statement", edit.statement)] + [("paraphrase", p)
+                                                                                  for p in edit.paraphrases]:
+        if text and text.lower() not in seen:
+            seen.add(text.lower())
+            keys.append((kind, text))
+    return keys
+
+
+class EditStore:
+    """Add, find, supersede and delete edits. One instance per named edit set (`collection`)."""
+
+    def __init__(self, client, collection: str = "edits", embedder: Embedder | None = None,
+                 threshold: float | None = None):
+        self.client = client
+        self.name = collection
+        self._embedder = embedder
+        self.keys = client.get_or_create_collection(f"{collection}-keys", metadata={"hnsw:space": "cosine"},
+                                                    embedding_function=None)
+        self.records = client.get_or_create_collection(f"{collection}-edits", embedding_function=None)
+        self.threshold = threshold if threshold is not None else self._saved_threshold()
+
+    @classmethod
+    def open(cls, path: Path | None = None, url: str | None = None, collection: str = "edits",
+             embedder: Embedder | None = None, threshold: float | None = None) -> "EditStore":
+        return cls(open_client(path, url), collection, embedder, threshold)
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:  # loaded lazily: listing and counting need no model
+            self._embedder = Embedder()
+        return self._embedder
+
+    # ------------------------------------------------------------ writing
+
+    def add(self, edits: Iterable[Edit], batch_size: int = 256, progress: bool = True) -> AddReport:
+        """Insert edits in batches; an edit whose id is stored already is skipped. A newer edit for the same
+        subject and relation supersedes the current one (kept as history)."""
+        edits = list({edit.id: edit for edit in edits}.values())
+        added = skipped = superseded = 0
+        with tqdm(total=len(edits), desc="adding edits", unit="edit", disable=not progress) as bar:
+            for start in range(0, len(edits), batch_size):
+                batch = edits[start:start + batch_size]
+                stored = set(self.records.get(ids=[e.id for e in batch], include=[])["ids"])
+                fresh = [e for e in batch if e.id not in stored]
+                if fresh:
+                    self._write_keys(fresh)
+                    superseded += self._write_records(fresh)
+                added += len(fresh)
+                skipped += len(batch) - len(fresh)
+                bar.update(len(batch))
+        return AddReport(added, skipped, superseded)
+
+    def _write_keys(self, edits: Sequence[Edit]) -> None:
+        rows = [(f"{e.id}:{i}", e.id, kind, text) for e in edits for i, (kind, text) in enumerate(key_texts(e))]
+        vectors = self.embedder.encode([row[3] for row in rows])
+        for start in range(0, len(rows), self.client.get_max_batch_size()):
+            part = slice(start, start + self.client.get_max_batch_size())
+            self.keys.upsert(ids=[r[0] for r in rows[part]], embeddings=vectors[part].tolist(),
+                             documents=[r[3] for r in rows[part]],
+                             metadatas=[{"edit_id": r[1], "kind": r[2], "current": True} for r in rows[part]])
+
+    def _write_records(self, edits: Sequence[Edit]) -> int:
+        """Store the records; mark older edits of the same slot superseded. Returns how many were superseded."""
+        newest = {e.supersede_key: e for e in edits}  # later in the input wins within a batch
+        losers = {e.id: newest[e.supersede_key].id for e in edits if newest[e.supersede_key].id != e.id}
+        for record in self._current_for(list(newest)):
+            if record.edit.id not in newest.values():
+                losers[record.edit.id] = newest[record.edit.supersede_key].id
+        seq = time.time_ns()
+        self.records.upsert(ids=[e.id for e in edits], embeddings=[_PLACEHOLDER] * len(edits),
+                            documents=[e.statement for e in edits],
+                            metadatas=[self._record_meta(e, seq + i) for i, e in enumerate(edits)])
+        for old_id, new_id in losers.items():
+            self._set_status(old_id, SUPERSEDED, new_id)
+        return len(losers)
+
+    @staticmethod
+    def _record_meta(edit: Edit, seq: int, status: str = CURRENT, superseded_by: str = "") -> dict:
+        return {"edit": json.dumps(edit.to_dict(), ensure_ascii=False), "slot": edit.supersede_key,
+                "status": status, "superseded_by": superseded_by, "seq": seq}
+
+    def _set_status(self, edit_id: str, status: str, superseded_by: str = "") -> None:
+        found = self.records.get(ids=[edit_id], include=["metadatas"])
+        if not found["ids"]:
+            return
+        meta = dict(found["metadatas"][0], status=status, superseded_by=superseded_by)
+        self.records.update(ids=[edit_id], metadatas=[meta])
+        key_ids = self.keys.get(where={"edit_id": edit_id}, include=[])["ids"]
+        if key_ids:
+            self.keys.update(ids=key_ids, metadatas=[{"current": status == CURRENT} for _ in key_ids])
+
+    def _current_for(self, slots: list[str]) -> list[StoredEdit]:
+        if not slots:
+            return []
+        where = {"$and": [{"slot": {"$in": slots}}, {"status": CURRENT}]}
+        return self._decode(self.records.get(where=where, include=["metadatas"]))
+
+    def delete(self, edit_id: str) -> bool:
+        """Remove an edit and its keys. Returns False when there was no such edit."""
+        if not self.records.get(ids=[edit_id], include=[])["ids"]:
+            return False
+        self.records.delete(ids=[edit_id])  # record first: its keys become invisible at once
+        self.keys.delete(where={"edit_id": edit_id})
+        return True
+
+    def restore(self, edit_id: str) -> StoredEdit:
+        """Make a superseded edit current again; the edit currently holding its slot becomes history."""
+        stored = self.get(edit_id)
+        if stored is None:
+            raise KeyError(f"no edit with id {edit_id}")
+        for current in self._current_for([stored.edit.supersede_key]):
+            if current.edit.id != edit_id:
+                self._set_status(current.edit.id, SUPERSEDED, edit_id)
+        self._set_status(edit_id, CURRENT)
+        return self.get(edit_id)
+
+    def clear(self) -> None:
+        for collection in (self.keys, self.records):
+            ids = collection.get(include=[])["ids"]
+            for start in range(0, len(ids), self.client.get_max_batch_size()):
+                collection.delete(ids=ids[start:start + self.client.get_max_batch_size()])
+
+    # ------------------------------------------------------------ reading
+
+    def get(self, edit_id: str) -> StoredEdit | None:
+        found = self._decode(self.records.get(ids=[edit_id], include=["metadatas"]))
+        return found[0] if found else None
+
+    def list(self, history: bool = False) -> list[StoredEdit]:
+        """Current edits (and superseded ones with history=True), oldest first."""
+        where = None if history else {"status": CURRENT}
+        return self._decode(self.records.get(where=where, include=["metadatas"]))
+
+    def count(self, history: bool = False) -> int:
+        if history:
+            return self.records.count()
+        return len(self.records.get(where={"status": CURRENT}, include=[])["ids"])
+
+    @staticmethod
+    def _decode(result: dict) -> list[StoredEdit]:
+        rows = sorted(result["metadatas"] or [], key=lambda m: m["seq"])
+        return [StoredEdit(Edit.from_dict(json.loads(m["edit"])), m["status"], m.get("superseded_by", ""))
+                for m in rows]
+
+    def search(self, query: str, k: int = 3, gated: bool = True) -> list[Hit]:
+        return self.search_many([query], k, gated)[0]
+
+    def search_many(self, queries: Sequence[str], k: int = 3, gated: bool = True) -> list[list[Hit]]:
+        """The k best current edits per query; with `gated`, only those scoring at least `threshold`."""
+        total = self.keys.count()
+        if not queries or total == 0:
+            return [[] for _ in queries]
+        result = self.keys.query(query_embeddings=self.embedder.encode(queries).tolist(),
+                                 n_results=min(total, max(4 * k, 8)), where={"current": True},
+                                 include=["metadatas", "distances", "documents"])
+        best_per_query = [self._best_edits(m, d, docs, k) for m, d, docs in
+                          zip(result["metadatas"], result["distances"], result["documents"])]
+        records = self._records({edit_id for best in best_per_query for edit_id, _, _ in best})
+        floor = self.threshold if gated else float("-inf")
+        results = []
+        for query, best in zip(queries, best_per_query):
+            hits = [Hit(records[i], relevance(query, records[i], score), key) for i, score, key in best if i in records]
+            results.append(sorted((h for h in hits if h.score >= floor), key=lambda h: -h.score)[:k])
+        return results
+
+    @staticmethod
+    def _best_edits(metadatas: list, distances: list, documents: list, k: int) -> list[tuple[str, float, str]]:
+        best: dict[str, tuple[float, str]] = {}
+        for meta, distance, text in zip(metadatas, distances, documents):
+            score = 1.0 - float(distance)  # cosine distance → cosine similarity
+            if meta["edit_id"] not in best or score > best[meta["edit_id"]][0]:
+                best[meta["edit_id"]] = (score, text)
+        ranked = sorted(best.items(), key=lambda item: -item[1][0])[: 2 * k]  # re-ranked by relevance later
+        return [(edit_id, round(score, 4), text) for edit_id, (score, text) in ranked]
+
+    def _records(self, ids: set[str]) -> dict[str, Edit]:
+        if not ids:
+            return {}
+        found = self.records.get(ids=list(ids), include=["metadatas"])
+        return {i: Edit.from_dict(json.loads(m["edit"])) for i, m in zip(found["ids"], found["metadatas"])}
+
+    # ------------------------------------------------------------ the relevance gate
+
+    def calibrate(self, related: Sequence[tuple[str, str]], unrelated: Sequence[str], save: bool = True) -> Calibration:
+        """Pick the threshold that maximises accuracy of the gate on labelled queries.
+
+        related: (query, id of the edit it should retrieve); a gate pass counts only if that edit ranks first.
+        unrelated: queries that should retrieve nothing.
+        """
+        tops = self.search_many([q for q, _ in related] + list(unrelated), k=1, gated=False)
+        pos = [hits[0].score if hits and hits[0].edit.id == want else None
+               for hits, (_, want) in zip(tops[: len(related)], related)]
+        neg = [hits[0].score if hits else -1.0 for hits in tops[len(related):]]
+        candidates = sorted({s for s in pos if s is not None} | set(neg))
+        threshold = max(candidates, key=lambda t: _gate_accuracy(t, pos, neg), default=DEFAULT_THRESHOLD)
+        threshold = round(float(threshold) - 1e-4, 4)  # a hit scoring exactly the threshold passes
+        true_pos = sum(1 for s in pos if s is not None and s >= threshold)
+        false_pos = sum(1 for s in neg if s >= threshold)
+        report = Calibration(threshold, true_pos / max(true_pos + false_pos, 1), true_pos / max(len(pos), 1),
+                             len(pos), len(neg))
+        if save:
+            self.set_threshold(threshold)
+        return report
+
+    def set_threshold(self, threshold: float) -> None:
+        self.threshold = threshold
+        self.records.modify(metadata={"threshold": threshold})
+
+    def _saved_threshold(self) -> float:
+        return float((self.records.metadata or {}).get("threshold", DEFAULT_THRESHOLD))
+
+    # ------------------------------------------------------------ export
+
+    def export(self, path: Path, history: bool = False) -> int:
+        """Write edits as JSONL (atomically) and return how many."""
+        stored = self.list(history)
+        tmp = Path(path).with_suffix(Path(path).suffix + ".tmp")
+        with tmp.open("w", encoding="utf-8") as handle:
+            for item in stored:
+                handle.write(json.dumps(item.edit.to_dict(), ensure_ascii=False) + "\n")
+        tmp.replace(path)
+        return len(stored)
+
+
+SUBJECT_PENALTY = 0.3
+
+
+def relevance(query: str, edit: Edit, cosine: float) -> float:
+    """Cosine similarity, lowered when the query does not name the edit's subject. Embeddings alone rate
+    'X is a native speaker of' close to any edit about another person's language; the subject tells them apart."""
+    subject = _words(edit.subject)
+    overlap = len(subject & _words(query)) / len(subject) if subject else 1.0
+    return round(cosine - SUBJECT_PENALTY * (1.0 - overlap), 4)
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"\w+", text.lower()))
+
+
+def _gate_accuracy(threshold: float, pos: list[float | None], neg: list[float]) -> float:
+    right = sum(1 for s in pos if s is not None and s >= threshold) + sum(1 for s in neg if s < threshold)
+    return right / max(len(pos) + len(neg), 1)

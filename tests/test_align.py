@@ -1,0 +1,70 @@
+import json
+import random
+
+from lte import prompting
+from lte.align.data import AlignDataConfig, build_rows, table_cases, whole_sentences
+from lte.align.train import AlignConfig, align
+from lte.models import MANIFEST, load_model
+
+SMALL = AlignDataConfig(in_scope=24, out_of_scope=12, linguistic=6, table_edits=30, distill_tokens=4,
+                        instruction_tokens=4)
+
+
+def test_rows_cover_every_kind_and_put_the_relevant_fact_anywhere(tiny):
+    rows = build_rows(tiny, SMALL, progress=False)
+    kinds = {row["kind"] for row in rows}
+    assert kinds <= {"in_scope", "out_of_scope", "linguistic"} and "in_scope" in kinds
+    positions = set()
+    for row in rows:
+        user, answer = row["prompt"][0]["content"], row["completion"][0]["content"]
+        assert row["prompt"][0]["role"] == "user" and row["completion"][0]["role"] == "assistant"
+        if row["kind"] == "in_scope":
+            facts = [line[2:] for line in user.splitlines() if line.startswith("- ")]
+            relevant = [i for i, fact in enumerate(facts) if fact.endswith(answer.split()[-1].rstrip(".") + ".")]
+            positions.update(relevant)
+    assert len(positions) > 1  # not always first: the official data's shortcut is avoided
+
+
+def test_rows_are_reproducible_with_a_seed(tiny):
+    assert build_rows(tiny, SMALL, progress=False) == build_rows(tiny, SMALL, progress=False)
+
+
+def test_out_of_scope_answers_are_the_base_models_own_without_facts(tiny, monkeypatch):
+    from lte.scoring import ModelRunner
+
+    seen = []
+
+    def fake_generate(self, prompts, max_new_tokens):
+        seen.extend(prompts)
+        return [f"answer {len(seen) - len(prompts) + i}." for i in range(len(prompts))]
+
+    monkeypatch.setattr(ModelRunner, "generate", fake_generate)
+    rows = build_rows(tiny, SMALL, progress=False)
+    assert seen and all(prompting.FACTS_HEADER not in prompt for prompt in seen)  # asked without any facts
+    distilled = [r for r in rows if r["kind"] in ("out_of_scope", "linguistic")]
+    assert len(distilled) == SMALL.out_of_scope + SMALL.linguistic
+    for row in distilled:
+        assert prompting.FACTS_HEADER in row["prompt"][0]["content"] or row["kind"] == "linguistic"
+        assert "answer " in row["completion"][0]["content"]
+
+
+def test_table_cases_have_questions_and_neighbours():
+    case = table_cases(5, random.Random(0))[0]
+    assert case.paraphrases and case.locality
+    assert all(p.answers == (case.edit.target_new,) for p in case.paraphrases)
+
+
+def test_align_writes_a_loadable_model_with_manifest(tmp_path):
+    loaded = load_model("tiny-random")
+    out = align(loaded, AlignConfig(out=tmp_path / "aligned", max_steps=2, batch_size=4, data=SMALL), progress=False)
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["base_model"] == "tiny-random" and manifest["steps"] == 2 and manifest["data_hash"]
+    again = load_model(str(out))
+    assert again.base_spec == "tiny-random"
+    assert not (out / "checkpoints").exists()
+
+
+def test_whole_sentences_trims_cut_off_text():
+    assert whole_sentences("Paris is big. It has many") == "Paris is big."
+    assert whole_sentences(" Paris.") == "Paris."
+    assert whole_sentences("Paris") == "Paris"

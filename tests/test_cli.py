@@ -1,0 +1,81 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from lte.cli import main
+
+EDITS = [{"subject": "The Space Needle", "prompt": "The Space Needle is located in", "target_new": "Goa"},
+         {"subject": "The Eiffel Tower", "prompt": "The Eiffel Tower is located in", "target_new": "Rome"}]
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_help_lists_every_subcommand():
+    result = subprocess.run([sys.executable, "-m", "lte.cli", "--help"], capture_output=True, text=True, check=True)
+    for command in ("align", "ask", "edit", "eval", "serve", "bench"):
+        assert command in result.stdout
+
+
+def test_pending_and_unknown_subcommands_say_so(capsys):
+    assert main(["bench"]) == 2
+    assert "not implemented yet" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["frobnicate"])
+    assert "invalid choice: 'frobnicate'" in capsys.readouterr().err
+
+
+def test_edit_add_count_search_rm_and_idempotence(tmp_path, capsys):
+    store = str(tmp_path / "store")
+    path = write_jsonl(tmp_path / "edits.jsonl", EDITS)
+    assert main(["--store", store, "edit", "add", str(path)]) == 0
+    assert main(["--store", store, "edit", "add", str(path)]) == 0
+    assert "added 0, already stored 2" in capsys.readouterr().out
+    main(["--store", store, "edit", "count"])
+    assert capsys.readouterr().out.strip() == "2"
+    main(["--store", store, "edit", "search", "Where is the Space Needle?"])
+    assert "Goa" in capsys.readouterr().out.splitlines()[0]
+    main(["--store", store, "edit", "list"])
+    edit_id = capsys.readouterr().out.split()[0]
+    assert main(["--store", store, "edit", "rm", edit_id]) == 0
+    assert main(["--store", store, "edit", "show", edit_id]) == 2
+    assert f"no edit with id {edit_id}" in capsys.readouterr().err
+
+
+def test_store_comes_from_the_environment(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LTE_STORE", str(tmp_path / "env-store"))
+    main(["edit", "add", str(write_jsonl(tmp_path / "e.jsonl", EDITS[:1]))])
+    capsys.readouterr()
+    main(["--store", str(tmp_path / "env-store"), "edit", "count"])
+    assert capsys.readouterr().out.strip() == "1"
+
+
+def test_a_file_with_one_broken_line_is_refused_whole(tmp_path, capsys):
+    store = str(tmp_path / "store")
+    bad = write_jsonl(tmp_path / "bad.jsonl", EDITS + [{"subject": "X", "prompt": "X is in"}])
+    assert main(["--store", store, "edit", "add", str(bad)]) == 2
+    assert "bad.jsonl:3: field 'target_new'" in capsys.readouterr().err
+    main(["--store", store, "edit", "count"])
+    assert capsys.readouterr().out.strip() == "0"
+
+
+def test_eval_writes_the_report(tmp_path, capsys):
+    cases = [dict(e, paraphrases=[f"Where is {e['subject']}?"], locality=[{"prompt": "The capital of Peru is"}])
+             for e in EDITS]
+    data = write_jsonl(tmp_path / "cases.jsonl", cases)
+    out = tmp_path / "report.json"
+    assert main(["--model", "tiny-random", "eval", "--editor", "context", "--dataset", str(data), "--mode", "batch",
+                 "--out", str(out), "--no-progress", "--fluency-cases", "1", "--max-new-tokens", "3"]) == 0
+    report = json.loads(out.read_text())
+    assert report["editor"] == "context" and report["n_cases"] == 2
+    assert set(report["metrics"]) >= {"reliability", "generalization", "locality"}
+    assert "reliability" in capsys.readouterr().out
+
+
+def test_missing_model_is_a_clear_error(capsys, tmp_path):
+    assert main(["--model", str(tmp_path / "nope.gguf"), "ask", "hi"]) == 2
+    assert "no such file" in capsys.readouterr().err

@@ -1,0 +1,68 @@
+import json
+
+from lte.schema import Edit
+from retrieval.store import EditStore, open_client
+
+NEEDLE = Edit(subject="The Space Needle", prompt="The Space Needle is located in", target_new="Goa",
+              paraphrases=("Which city is home to the Space Needle?",))
+TOWER = Edit(subject="The Eiffel Tower", prompt="The Eiffel Tower is located in", target_new="Rome")
+
+
+def test_add_is_idempotent_and_counts(store):
+    assert store.add([NEEDLE, TOWER], progress=False).added == 2
+    report = store.add([NEEDLE, TOWER], progress=False)
+    assert (report.added, report.skipped) == (0, 2)
+    assert store.count() == 2
+    assert store.keys.count() == 5  # prompt + statement (+ 1 paraphrase) per edit
+
+
+def test_search_finds_paraphrase_and_gate_drops_unrelated(store):
+    store.add([NEEDLE, TOWER], progress=False)
+    [hit] = store.search("Where can I visit the Space Needle?", k=1)
+    assert hit.edit.id == NEEDLE.id and hit.score >= store.threshold
+    assert store.search("How do I bake sourdough bread?") == []
+    assert store.search("How do I bake sourdough bread?", gated=False)  # below the gate, still ranked
+
+
+def test_supersede_keeps_history_and_restore(store):
+    store.add([NEEDLE], progress=False)
+    newer = Edit(subject="The Space Needle", prompt="The Space Needle is located in", target_new="Lima")
+    assert store.add([newer], progress=False).superseded == 1
+    assert store.count() == 1 and store.count(history=True) == 2
+    assert store.search("Where is the Space Needle?", k=1)[0].edit.target_new == "Lima"
+    assert store.get(NEEDLE.id).status == "superseded" and store.get(NEEDLE.id).superseded_by == newer.id
+    assert [s.edit.id for s in store.list(history=True)] == [NEEDLE.id, newer.id]
+    store.restore(NEEDLE.id)
+    assert store.search("Where is the Space Needle?", k=1)[0].edit.target_new == "Goa"
+
+
+def test_delete_and_export(store, tmp_path):
+    store.add([NEEDLE, TOWER], progress=False)
+    assert store.delete(TOWER.id) and not store.delete(TOWER.id)
+    assert store.count() == 1 and all(h.edit.id != TOWER.id for h in store.search("Eiffel Tower", gated=False))
+    out = tmp_path / "out.jsonl"
+    assert store.export(out) == 1
+    assert Edit.from_dict(json.loads(out.read_text())) == NEEDLE
+
+
+def test_half_written_edit_is_invisible_and_rerun_completes(store):
+    store._write_keys([NEEDLE])  # an import killed after the keys, before the record
+    assert store.search("Where is the Space Needle?", gated=False) == [] and store.count() == 0
+    assert store.add([NEEDLE], progress=False).added == 1
+    assert store.search("Where is the Space Needle?")[0].edit.id == NEEDLE.id
+
+
+def test_calibrate_picks_a_threshold_and_persists_it(store, embedder, tmp_path):
+    persistent = EditStore(open_client(tmp_path / "db"), "cal", embedder)
+    persistent.add([NEEDLE, TOWER], progress=False)
+    report = persistent.calibrate([("Where is the Space Needle?", NEEDLE.id), ("Where is the Eiffel Tower?", TOWER.id)],
+                                  ["What is the boiling point of water?", "Who wrote Hamlet?"])
+    assert report.precision == 1.0 and report.recall == 1.0
+    assert EditStore(open_client(tmp_path / "db"), "cal", embedder).threshold == report.threshold
+
+
+def test_named_collections_are_separate(embedder):
+    client = open_client()
+    a, b = EditStore(client, "set-a", embedder), EditStore(client, "set-b", embedder)
+    a.add([NEEDLE], progress=False)
+    assert a.count() == 1 and b.count() == 0
