@@ -124,7 +124,8 @@ def _load_directory(path: Path, home: Path, dtype: torch.dtype) -> LoadedModel:
 
         base = load_model(base_spec, home, dtype)
         model = PeftModel.from_pretrained(base.model, path).merge_and_unload()
-        tokenizer = AutoTokenizer.from_pretrained(path) if (path / "tokenizer_config.json").is_file() else base.tokenizer
+        has_tokenizer = (path / "tokenizer_config.json").is_file()
+        tokenizer = AutoTokenizer.from_pretrained(path) if has_tokenizer else base.tokenizer
         return LoadedModel(model, tokenizer, str(path), base_spec)
     if not (path / "config.json").is_file():
         raise ModelNotFoundError(f"model '{path}': directory has no config.json or adapter_config.json")

@@ -3,7 +3,8 @@
 Choice: the model's chat template with the assistant turn pre-filled. A cloze prompt ("The Space Needle is located
 in") is asked as "Complete the sentence: ..." and the assistant turn starts with the cloze itself, so the target
 (" Seattle", with its leading space) is scored and generated right after the cloze, tokenised exactly as in raw
-completion. A question or instruction ends the prompt at the start of the assistant turn; the target follows with no space.
+completion. A question or instruction ends the prompt at the start of the assistant turn; the target follows with no
+space.
 We use the chat template because the default model is an instruct model, LTE is trained and served in chat form, and
 parameter editors must be measured on the same text the served model sees. Tokenizers without a chat template fall
 back to plain text with the same rules.

@@ -71,7 +71,8 @@ def table_cases(n: int, rng: random.Random) -> list[EditCase]:
                     source="lte-tables")
         same_subject = [r for r in relations if r["subject"] == relation["subject"] and r["id"] != relation["id"]]
         neighbours = [relation["cloze"].format(other), rng.choice(relation["questions"]).format(other)]
-        neighbours += [rng.choice([r["cloze"]] + r["questions"]).format(subject) for r in rng.sample(same_subject, min(1, len(same_subject)))]
+        other_relations = rng.sample(same_subject, min(1, len(same_subject)))
+        neighbours += [rng.choice([r["cloze"]] + r["questions"]).format(subject) for r in other_relations]
         cases.append(EditCase.from_edits(
             f"table-{i}", [edit], paraphrases=[Probe(q.format(subject), (target,)) for q in relation["questions"]],
             locality=[Probe(q) for q in neighbours]))

@@ -27,6 +27,8 @@ def register(commands) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=EvalConfig.max_new_tokens)
     parser.add_argument("--fluency-cases", type=int, default=EvalConfig.fluency_cases)
     parser.add_argument("--k", type=int, default=3, help="lte: most edits retrieved per prompt")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="editor hyperparameter, e.g. --set layer=6 (rome, grace); repeatable")
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(handler=run)
 
@@ -35,6 +37,20 @@ def editor_options(args) -> dict:
     options = {"batch_size": args.batch_size}
     if args.editor in ("lte", "lte-unaligned"):
         options["k"] = args.k
+    return {**options, **parse_settings(args.set)}
+
+
+def parse_settings(pairs: list[str]) -> dict:
+    """KEY=VALUE pairs; values are read as JSON where they parse (numbers, true, lists), else as strings."""
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {pair!r}: expected KEY=VALUE")
+        try:
+            options[key.strip().replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip().replace("-", "_")] = value
     return options
 
 

@@ -1,0 +1,141 @@
+"""Helpers the parameter-editing baselines share: finding layers and MLP projections across architectures, locating
+the subject's last token, building teacher-forced batches, and exact weight backup/restore."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields
+from typing import Sequence
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from lte import prompting
+from lte.scoring import target_ids
+
+
+def decoder_layers(model: PreTrainedModel) -> nn.ModuleList:
+    """The transformer blocks of a decoder-only model (Llama-family `model.layers`, GPT-2 `transformer.h`)."""
+    for path in ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers"):
+        module = model
+        for name in path.split("."):
+            module = getattr(module, name, None)
+            if module is None:
+                break
+        if isinstance(module, nn.ModuleList):
+            return module
+    raise ValueError(f"{type(model).__name__}: cannot find the decoder layers")
+
+
+@dataclass(frozen=True)
+class Projection:
+    """The MLP output projection of one layer. `transposed`: GPT-2's Conv1D stores the weight as (in, out)."""
+
+    module: nn.Module
+    transposed: bool
+
+    @property
+    def weight(self) -> nn.Parameter:
+        return self.module.weight
+
+    def as_out_in(self) -> torch.Tensor:
+        """The weight as a (out, in) matrix view, whatever the layout."""
+        return self.weight.T if self.transposed else self.weight
+
+    def add_rank_one(self, out_vector: torch.Tensor, in_vector: torch.Tensor) -> None:
+        """W += out ⊗ in, in the module's own layout."""
+        with torch.no_grad():
+            update = torch.outer(out_vector, in_vector).to(self.weight.dtype)
+            self.weight.add_(update.T if self.transposed else update)
+
+
+def mlp_projection(model: PreTrainedModel, layer: int) -> Projection:
+    mlp = decoder_layers(model)[layer].mlp
+    if hasattr(mlp, "down_proj"):
+        return Projection(mlp.down_proj, transposed=False)
+    if hasattr(mlp, "c_proj"):
+        return Projection(mlp.c_proj, transposed=True)
+    if hasattr(mlp, "dense_4h_to_h"):
+        return Projection(mlp.dense_4h_to_h, transposed=False)
+    raise ValueError(f"layer {layer}: MLP has no down_proj / c_proj")
+
+
+def subject_last_token(tokenizer: PreTrainedTokenizerBase, text: str, subject: str) -> int:
+    """Index of the token holding the last character of the subject's last occurrence in `text`."""
+    matches = list(re.finditer(re.escape(subject.strip()), text, flags=re.IGNORECASE))
+    if not matches:
+        raise ValueError(f"subject '{subject}' does not occur in the prompt {text[-120:]!r}")
+    end = matches[-1].end() - 1
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    for index, (start, stop) in enumerate(offsets):
+        if start <= end < stop:
+            return index
+    raise ValueError(f"subject '{subject}': no token covers it in {text[-120:]!r}")
+
+
+@dataclass
+class TargetBatch:
+    """Right-padded prompt+target sequences with the positions that predict each target token."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    target_positions: list[list[int]]
+    target_tokens: list[list[int]]
+
+    def target_logprobs(self, logits: torch.Tensor) -> torch.Tensor:
+        """Mean log-probability of each row's target tokens (a vector, one value per row)."""
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        rows = []
+        for row, (positions, tokens) in enumerate(zip(self.target_positions, self.target_tokens)):
+            rows.append(logprobs[row, positions, tokens].mean())
+        return torch.stack(rows)
+
+
+def target_batch(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], targets: Sequence[str],
+                 device: torch.device) -> TargetBatch:
+    """Prompts are rendered texts; targets are already shaped by `prompting.format_target`."""
+    pairs = [target_ids(tokenizer, p, t) for p, t in zip(prompts, targets)]
+    width = max(len(p) + len(t) for p, t in pairs)
+    pad = tokenizer.pad_token_id
+    ids = [p + t + [pad] * (width - len(p) - len(t)) for p, t in pairs]
+    mask = [[1] * (len(p) + len(t)) + [0] * (width - len(p) - len(t)) for p, t in pairs]
+    positions = [list(range(len(p) - 1, len(p) + len(t) - 1)) for p, t in pairs]
+    return TargetBatch(torch.tensor(ids, device=device), torch.tensor(mask, device=device), positions,
+                       [t for _, t in pairs])
+
+
+def rendered(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], target: str) -> tuple[list[str], list[str]]:
+    """Render cloze/question prompts exactly as the harness does, with the target shaped to follow each."""
+    texts = [prompting.render(tokenizer, p) for p in prompts]
+    return texts, [prompting.format_target(p, target) for p in prompts]
+
+
+def config_from_options(config_class, options: dict):
+    """Build a method's config dataclass from CLI options, refusing names it does not have."""
+    known = {f.name for f in fields(config_class)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"{config_class.__name__}: unknown option(s) {', '.join(unknown)}; "
+                         f"known: {', '.join(sorted(known))}")
+    return config_class(**options)
+
+
+class WeightBackup:
+    """Copies of parameters taken before their first change; `restore` puts them back bit for bit."""
+
+    def __init__(self) -> None:
+        self._saved: dict[int, tuple[nn.Parameter, torch.Tensor]] = {}
+
+    def save(self, parameter: nn.Parameter) -> None:
+        if id(parameter) not in self._saved:
+            self._saved[id(parameter)] = (parameter, parameter.detach().clone())
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for parameter, original in self._saved.values():
+                parameter.copy_(original)
+        self._saved.clear()
+
+    def __bool__(self) -> bool:
+        return bool(self._saved)

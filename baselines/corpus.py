@@ -1,0 +1,61 @@
+"""Text for second-moment statistics (ROME's covariance): user-given files or `datasets` names, or, offline by
+default, text the model itself writes in answer to the instructions lte ships."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from lte import prompting
+from lte.models import LoadedModel
+from lte.scoring import ModelRunner
+from lte_data import data_path
+
+
+def corpus_texts(loaded: LoadedModel, sources: Sequence[str], tokens: int, seed: int = 0) -> Iterator[str]:
+    """Texts until roughly `tokens` tokens have been yielded (the caller may stop earlier)."""
+    if sources:
+        yield from _source_texts(sources)
+    else:
+        yield from _model_texts(loaded, tokens, seed)
+
+
+def _source_texts(sources: Sequence[str]) -> Iterator[str]:
+    for source in sources:
+        path = Path(source)
+        if path.is_file():
+            for paragraph in path.read_text(encoding="utf-8").split("\n\n"):
+                if paragraph.strip():
+                    yield paragraph.strip()
+            continue
+        import datasets  # a hub dataset with a 'text' column, e.g. 'wikitext:wikitext-103-raw-v1'
+
+        name, _, config = source.partition(":")
+        rows = datasets.load_dataset(name, config or None, split="train", streaming=True)
+        for row in rows:
+            if row.get("text", "").strip():
+                yield row["text"]
+
+
+def _model_texts(loaded: LoadedModel, tokens: int, seed: int, length: int = 96) -> Iterator[str]:
+    instructions = [line.strip() for line in data_path("instructions.txt").read_text().splitlines() if line.strip()]
+    entities = [f"Tell me about {line}." for line in _entity_names()]
+    requests = instructions + entities
+    random.Random(seed).shuffle(requests)
+    runner = ModelRunner(loaded.model, loaded.tokenizer, batch_size=16)
+    produced = 0
+    for start in range(0, len(requests), 16):
+        prompts = [prompting.render(loaded.tokenizer, r) for r in requests[start:start + 16]]
+        for prompt, answer in zip(prompts, runner.generate(prompts, length)):
+            yield prompt + answer
+            produced += len(loaded.tokenizer(prompt + answer, add_special_tokens=False)["input_ids"])
+        if produced >= tokens:
+            return
+
+
+def _entity_names() -> list[str]:
+    import json
+
+    tables = json.loads(data_path("entities.json").read_text())
+    return [name for kind in ("person", "company", "landmark", "country", "city") for name in tables[kind]]
