@@ -7,10 +7,11 @@ import random
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from lte_data import data_path
+
 from lte import prompting
 from lte.models import LoadedModel
 from lte.scoring import ModelRunner
-from lte_data import data_path
 
 
 def corpus_texts(loaded: LoadedModel, sources: Sequence[str], tokens: int, seed: int = 0) -> Iterator[str]:

@@ -20,8 +20,16 @@ from typing import Sequence
 
 import torch
 
-from baselines.common import (Projection, WeightBackup, config_from_options, decoder_layers, mlp_projection,
-                              rendered, subject_last_token, target_batch)
+from baselines.common import (
+    Projection,
+    WeightBackup,
+    config_from_options,
+    decoder_layers,
+    mlp_projection,
+    rendered,
+    subject_last_token,
+    target_batch,
+)
 from baselines.corpus import corpus_texts
 from lte import prompting
 from lte.editor import ModelEditor

@@ -27,6 +27,7 @@ def register(commands) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=EvalConfig.max_new_tokens)
     parser.add_argument("--fluency-cases", type=int, default=EvalConfig.fluency_cases)
     parser.add_argument("--k", type=int, default=3, help="lte: most edits retrieved per prompt")
+    parser.add_argument("--ke-checkpoint", help="ke: hypernetwork checkpoint (default: latest for --model)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="editor hyperparameter, e.g. --set layer=6 (rome, grace); repeatable")
     parser.add_argument("--no-progress", action="store_true")
@@ -37,6 +38,8 @@ def editor_options(args) -> dict:
     options = {"batch_size": args.batch_size}
     if args.editor in ("lte", "lte-unaligned"):
         options["k"] = args.k
+    if args.editor == "ke" and args.ke_checkpoint:
+        options["ke_checkpoint"] = args.ke_checkpoint
     return {**options, **parse_settings(args.set)}
 
 
