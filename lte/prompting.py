@@ -72,6 +72,19 @@ def render(tokenizer: PreTrainedTokenizerBase, query: str, facts: Sequence[str] 
     return f"{content}\nAnswer: "
 
 
+def render_conversation(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict[str, str]],
+                        facts: Sequence[str] = ()) -> str:
+    """A client's chat (server): its last user turn is written exactly as `render` writes a query, with the facts;
+    earlier turns pass through. Returns the text the model continues."""
+    *history, last = messages
+    if last.get("role") != "user" or not tokenizer.chat_template:
+        raise ValueError("the last message must come from the user")
+    facts = [f for f in (sanitize_fact(f, tokenizer) for f in facts) if f]
+    turns = list(history) + [{"role": "user", "content": user_message(last["content"], facts)}]
+    text = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    return text + assistant_prefill(last["content"])
+
+
 def chat_messages(query: str, facts: Sequence[str], answer: str) -> list[dict[str, str]]:
     """A training conversation in the same shape as `render` (used by alignment)."""
     return [{"role": "user", "content": user_message(query, facts)},

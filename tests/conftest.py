@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -46,3 +50,33 @@ def store(embedder):
     from retrieval.store import EditStore, open_client
 
     return EditStore(open_client(), f"test-{uuid.uuid4().hex[:8]}", embedder)
+
+
+@contextlib.contextmanager
+def running_server(editor, **config):
+    """`lte serve`'s app on a free loopback port in a background thread; yields its base URL."""
+    import httpx
+    import uvicorn
+
+    from lte.server import ServerConfig, Service, create_app
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cfg = ServerConfig(port=port, default_tokens=8, **config)
+    server = uvicorn.Server(uvicorn.Config(create_app(Service(editor, cfg)), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            httpx.get(base + "/health")
+            break
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    try:
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

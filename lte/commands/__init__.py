@@ -1,8 +1,8 @@
 """One module per `lte` subcommand; each adds its parser with `register(commands)`."""
 
-from lte.commands import align, ask, edit, evaluate, pending, train
+from lte.commands import align, ask, edit, evaluate, pending, serve, train
 
 
 def register_all(commands) -> None:
-    for module in (align, ask, edit, evaluate, train, pending):
+    for module in (align, ask, edit, evaluate, serve, train, pending):
         module.register(commands)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 PENDING = {
-    "serve": "serve the model over an OpenAI-compatible HTTP API with live edits",
     "bench": "compare every editor on every dataset and write RESULTS.md",
 }
 

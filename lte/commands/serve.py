@@ -1,0 +1,33 @@
+"""`lte serve`: the OpenAI-compatible server with live edits and a web page."""
+
+from __future__ import annotations
+
+import os
+
+from lte.models import load_model
+
+
+def register(commands) -> None:
+    parser = commands.add_parser(
+        "serve", help="serve the model over an OpenAI-compatible HTTP API with live edits",
+        description="Serve --model over the edit store. OpenAI-compatible /v1/chat/completions, /v1/completions, "
+        "/v1/models; edits API under /v1/edits; a web page at /. Bound to 127.0.0.1 unless --host says otherwise.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 [env LTE_API_KEY]")
+    parser.add_argument("--k", type=int, default=3, help="most edits put into one prompt")
+    parser.add_argument("--max-body-bytes", type=int, default=1_000_000)
+    parser.add_argument("--max-queue", type=int, default=64, help="queued generations before 503")
+    parser.set_defaults(handler=run)
+
+
+def run(args, settings) -> int:
+    from lte.inference import LTEEditor
+    from lte.server import Service, ServerConfig, serve
+
+    cfg = ServerConfig(host=args.host, port=args.port, api_key=args.api_key or os.environ.get("LTE_API_KEY") or None,
+                       max_body_bytes=args.max_body_bytes, max_queue=args.max_queue)
+    editor = LTEEditor.from_settings(settings, load_model(settings.model, settings.home), k=args.k,
+                                     private_store=False)
+    serve(Service(editor, cfg))
+    return 0
