@@ -27,7 +27,9 @@ class CommandError(Exception):
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    args.argv = argv  # the command as typed, for reports that record how they were made
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2

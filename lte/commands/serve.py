@@ -23,7 +23,7 @@ def register(commands) -> None:
 
 def run(args, settings) -> int:
     from lte.inference import LTEEditor
-    from lte.server import Service, ServerConfig, serve
+    from lte.server import ServerConfig, Service, serve
 
     cfg = ServerConfig(host=args.host, port=args.port, api_key=args.api_key or os.environ.get("LTE_API_KEY") or None,
                        max_body_bytes=args.max_body_bytes, max_queue=args.max_queue)

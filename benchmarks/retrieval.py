@@ -1,0 +1,130 @@
+"""Edit-store figures (issue 4), all measured in one run on this machine:
+
+- insertion rate of N CounterFact edits through `EditStore.add`, against the embedder's own rate on the same key
+  texts (the ratio is what matters: the machine is noisy);
+- query latency p50/p99 of `EditStore.search` at 1k, 10k and 100k stored edits. Past the 21,919 real CounterFact
+  edits, the store is filled with copies of real edits whose key vectors are perturbed with small noise (so the
+  index holds 100k distinct, realistically distributed vectors without embedding 200k texts);
+- hit@1 on paraphrase prompts with 1k edits stored, and how often the relevance gate passes nothing for neighbour
+  prompts (same relation, other subject), plus the calibrated threshold on a separate slice.
+
+    python benchmarks/retrieval.py [--insert 10000] [--sizes 1000 10000 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from lte.datasets import load_cases
+from lte.schema import Edit
+from retrieval.embedder import Embedder
+from retrieval.store import EditStore, key_texts, open_client
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "counterfact_easyedit"
+
+
+class NoisyCopies:
+    """An embedder for synthetic edits: the vector of the real edit they copy, plus small Gaussian noise."""
+
+    def __init__(self, real: Embedder, scale: float = 0.05, seed: int = 0):
+        self.real, self.scale, self.rng = real, scale, np.random.default_rng(seed)
+        self.cache: dict[str, np.ndarray] = {}
+
+    def encode(self, texts):
+        originals = [text.split(" ~", 1)[0] for text in texts]
+        missing = [t for t in dict.fromkeys(originals) if t not in self.cache]
+        for text, vector in zip(missing, self.real.encode(missing) if missing else []):
+            self.cache[text] = vector
+        vectors = np.stack([self.cache[t] for t in originals])
+        vectors = vectors + self.rng.normal(0, self.scale / np.sqrt(vectors.shape[1]), vectors.shape)
+        return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+def percentiles(values: list[float]) -> tuple[float, float]:
+    cuts = statistics.quantiles(values, n=100)
+    return cuts[49] * 1000, cuts[98] * 1000
+
+
+def insertion(embedder: Embedder, edits: list[Edit]) -> None:
+    texts = [text for edit in edits for _, text in key_texts(edit)]
+    start = time.perf_counter()
+    embedder.encode(texts)
+    embed_rate = len(texts) / (time.perf_counter() - start)
+    store = EditStore.open(Path(tempfile.mkdtemp()) / "store", embedder=embedder)
+    start = time.perf_counter()
+    store.add(edits, progress=False)
+    seconds = time.perf_counter() - start
+    insert_rate = len(texts) / seconds
+    print(f"insert {len(edits)} edits ({len(texts)} keys): {len(edits) / seconds:.0f} edits/s, "
+          f"{insert_rate:.0f} keys/s; embedder alone {embed_rate:.0f} texts/s; "
+          f"insert/embedder = {insert_rate / embed_rate:.2f}")
+
+
+def latency(embedder: Embedder, edits: list[Edit], sizes: list[int], queries: list[str]) -> None:
+    noisy = NoisyCopies(embedder)
+    store = EditStore(open_client(), f"lat-{uuid.uuid4().hex[:8]}", noisy)
+    search_store = EditStore(store.client, store.name, embedder)
+    stored = 0
+    for size in sizes:
+        batch = []
+        while stored + len(batch) < size:
+            i = stored + len(batch)
+            base = edits[i % len(edits)]
+            batch.append(base if i < len(edits) else Edit(
+                subject=f"{base.subject} ~{i}", prompt=f"{base.prompt} ~{i}", target_new=base.target_new,
+                statement=f"{base.statement} ~{i}"))
+        store.add(batch, batch_size=2048, progress=False)
+        stored += len(batch)
+        for query in queries[:20]:  # warm-up
+            search_store.search(query)
+        timings = []
+        for query in queries:
+            start = time.perf_counter()
+            search_store.search(query)
+            timings.append(time.perf_counter() - start)
+        p50, p99 = percentiles(timings)
+        print(f"query latency at {stored:>6} edits: p50 {p50:6.1f} ms, p99 {p99:6.1f} ms ({len(queries)} queries)")
+
+
+def quality(embedder: Embedder, cases) -> None:
+    store = EditStore(open_client(), f"q-{uuid.uuid4().hex[:8]}", embedder)
+    store.add([c.edit for c in cases[:1000]], progress=False)
+    related = [(c.paraphrases[0].prompt, c.edit.id) for c in cases[:1000]]
+    top = store.search_many([q for q, _ in related], k=1, gated=False)
+    hit1 = sum(1 for hits, (_, want) in zip(top, related) if hits and hits[0].edit.id == want) / len(related)
+    gated = store.search_many([q for q, _ in related], k=1)
+    recall = sum(1 for hits, (_, want) in zip(gated, related) if hits and hits[0].edit.id == want) / len(related)
+    neighbours = store.search_many([c.locality[0].prompt for c in cases[:1000]], k=1)
+    clean = sum(1 for hits in neighbours if not hits) / len(neighbours)
+    print(f"1000 edits stored, gate threshold {store.threshold}: paraphrase hit@1 {hit1:.3f} (ungated), "
+          f"{recall:.3f} through the gate; neighbour prompts given no edit {clean:.3f}")
+    held_out = [(c.paraphrases[0].prompt, c.edit.id) for c in cases[1000:1500]]
+    store.add([c.edit for c in cases[1000:1500]], progress=False)
+    report = store.calibrate(held_out, [c.locality[0].prompt for c in cases[1000:1500]], save=False)
+    print(f"calibration on another 500 cases: threshold {report.threshold:.3f}, precision {report.precision:.3f}, "
+          f"recall {report.recall:.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--insert", type=int, default=10000)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
+    parser.add_argument("--queries", type=int, default=200)
+    args = parser.parse_args()
+    embedder = Embedder()
+    cases = load_cases(SHARED / "counterfact-edit.json") + load_cases(SHARED / "counterfact-train.json")
+    edits = [c.edit for c in cases]
+    quality(embedder, cases)
+    insertion(embedder, edits[: args.insert])
+    latency(embedder, edits, args.sizes, [c.paraphrases[0].prompt for c in cases[: args.queries]])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,227 @@
+"""`lte bench`: run the shared harness for every (editor, dataset, mode, n) cell, cache each cell, and write
+results.json, a markdown table, PNG plots and RESULTS.md.
+
+A cell is skipped, and marked so, when its editor cannot run (e.g. no trained KE checkpoint) or when the time it
+would take, extrapolated from the same editor's smaller cells, exceeds the per-cell budget.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+from lte.datasets import load_cases
+from lte.editors import build_editor
+from lte.harness import EvalConfig, evaluate
+from lte.models import LoadedModel, load_model
+from lte.schema import FACETS
+from lte.settings import Settings
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+DATASETS = {
+    "counterfact": SHARED / "counterfact_easyedit" / "counterfact-edit.json",
+    "zsre": SHARED / "knowedit" / "ZsRE-test-all.json",
+    "mquake": SHARED / "mquake" / "AKEW-MQuAKE-CF-354.json",
+}
+EDITORS = ["none", "context", "lte", "lte-unaligned", "rome", "grace", "ke"]
+
+
+@dataclass
+class BenchConfig:
+    """editors, datasets (name=path or a known name), modes, ns: the grid. budget_s: most seconds per cell.
+    quick: the small preset (n=10, sequential) that runs in minutes."""
+
+    editors: list[str] = field(default_factory=lambda: list(EDITORS))
+    datasets: list[str] = field(default_factory=lambda: list(DATASETS))
+    modes: list[str] = field(default_factory=lambda: ["sequential"])
+    ns: list[int] = field(default_factory=lambda: [10, 100, 1000, 10000])
+    budget_s: float = 2700.0
+    out: Path = Path("bench-out")
+    seed: int = 0
+
+
+QUICK = dict(ns=[10], modes=["sequential"])
+
+
+@dataclass(frozen=True)
+class Cell:
+    editor: str
+    dataset: str
+    mode: str
+    n: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.editor}__{self.dataset}__{self.mode}__{self.n}"
+
+
+def dataset_path(name: str) -> tuple[str, Path]:
+    if "=" in name:
+        label, path = name.split("=", 1)
+        return label, Path(path)
+    return name, DATASETS.get(name, Path(name))
+
+
+def estimate_seconds(cell: Cell, done: dict[str, dict]) -> float | None:
+    """Seconds a cell would take, extrapolated linearly from the largest finished cell of the same editor."""
+    same = [r for r in done.values() if r.get("editor") == cell.editor and "wall_s" in r]
+    if not same:
+        return None
+    largest = max(same, key=lambda r: r["n_cases"])
+    return largest["wall_s"] * cell.n / max(largest["n_cases"], 1)
+
+
+def run_cell(cell: Cell, settings: Settings, loaded: LoadedModel, cases, progress: bool) -> dict:
+    start = time.time()
+    editor = build_editor(cell.editor, settings, loaded)
+    reference_model = loaded if loaded.base_spec == loaded.spec else load_model(loaded.base_spec, settings.home)
+    reference = build_editor("none", settings, reference_model)
+    report = evaluate(editor, cases[: cell.n], reference, EvalConfig(mode=cell.mode, progress=progress),
+                      dataset=cell.dataset)
+    report["wall_s"] = round(time.time() - start, 1)
+    return report
+
+
+def run_bench(cfg: BenchConfig, settings: Settings, progress: bool = True) -> dict[str, dict]:
+    cells_dir = cfg.out / "cells"
+    cells_dir.mkdir(parents=True, exist_ok=True)
+    loaded = load_model(settings.model, settings.home)
+    results: dict[str, dict] = {p.stem: json.loads(p.read_text()) for p in cells_dir.glob("*.json")}
+    for label, path in map(dataset_path, cfg.datasets):
+        cases = load_cases(path)
+        for editor in cfg.editors:
+            for mode in cfg.modes:
+                for n in sorted(cfg.ns):
+                    cell = Cell(editor, label, mode, min(n, len(cases)))
+                    if cell.key in results:
+                        continue  # cached: an interrupted bench continues where it stopped
+                    results[cell.key] = attempt(cell, cfg, settings, loaded, cases, results, progress)
+                    (cells_dir / f"{cell.key}.json").write_text(json.dumps(results[cell.key], indent=1))
+    return results
+
+
+def attempt(cell: Cell, cfg: BenchConfig, settings: Settings, loaded: LoadedModel, cases, done: dict,
+            progress: bool) -> dict:
+    base = {"editor": cell.editor, "dataset": cell.dataset, "mode": cell.mode, "n_cases": cell.n}
+    estimate = estimate_seconds(cell, done)
+    if estimate is not None and estimate > cfg.budget_s:
+        return {**base, "skipped": f"estimated {estimate:.0f} s > budget {cfg.budget_s:.0f} s"}
+    try:
+        return run_cell(cell, settings, loaded, cases, progress)
+    except (FileNotFoundError, ValueError) as error:  # e.g. no KE checkpoint, a subject the prompt lacks
+        return {**base, "skipped": str(error).splitlines()[0]}
+    except Exception as error:  # noqa: BLE001 - one broken cell must not lose the others
+        return {**base, "skipped": f"failed: {error!r}", "trace": traceback.format_exc()[-2000:]}
+
+
+# ---------------------------------------------------------------- reporting
+
+def quality_table(results: dict[str, dict]) -> str:
+    lines = ["| editor | dataset | mode | n | reliability | generalization | locality | portability | fluency |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(results.values(), key=lambda r: (r["dataset"], r["n_cases"], EDITORS.index(r["editor"])
+                                                     if r["editor"] in EDITORS else 99)):
+        if "skipped" in r:
+            lines.append(f"| {r['editor']} | {r['dataset']} | {r['mode']} | {r['n_cases']} | "
+                         f"skipped: {r['skipped']} | | | | |")
+            continue
+        metrics = r["metrics"]
+        cells = [facet_cell(metrics.get(f)) for f in FACETS]
+        fluency = f"{metrics['fluency']['ngram_entropy']:.2f}" if "fluency" in metrics else "–"
+        lines.append(f"| {r['editor']} | {r['dataset']} | {r['mode']} | {r['n_cases']} | " + " | ".join(cells)
+                     + f" | {fluency} |")
+    return "\n".join(lines)
+
+
+def facet_cell(m: dict | None) -> str:
+    """'gen_acc / token_acc (prob_win)' for one facet."""
+    if not m:
+        return "–"
+    win = f" ({m['prob_win']:.2f})" if "prob_win" in m else ""
+    return f"{m['gen_acc']:.2f} / {m['token_acc']:.2f}{win}"
+
+
+def speed_table(results: dict[str, dict]) -> str:
+    lines = ["| editor | dataset | n | s per edit | s per query | peak RSS MB | wall s |", "|---|---|---|---|---|---|---|"]
+    for r in sorted(results.values(), key=lambda r: (r["editor"], r["dataset"], r["n_cases"])):
+        if "timing" in r:
+            t = r["timing"]
+            lines.append(f"| {r['editor']} | {r['dataset']} | {r['n_cases']} | {t['edit_s']:.4f} | "
+                         f"{t['query_s']:.4f} | {t['peak_rss_mb']:.0f} | {r.get('wall_s', 0):.0f} |")
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, dict], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [r for r in results.values() if "metrics" in r]
+    paths = []
+    for dataset in sorted({r["dataset"] for r in done}):
+        rows = [r for r in done if r["dataset"] == dataset]
+        largest = {}
+        for r in rows:  # per editor, its largest n
+            if r["n_cases"] >= largest.get(r["editor"], {}).get("n_cases", 0):
+                largest[r["editor"]] = r
+        fig, ax = plt.subplots(figsize=(9, 4))
+        editors = sorted(largest, key=lambda e: EDITORS.index(e) if e in EDITORS else 99)
+        width = 0.8 / max(len(editors), 1)
+        for i, editor in enumerate(editors):
+            values = [largest[editor]["metrics"].get(f, {}).get("gen_acc", 0) for f in FACETS]
+            ax.bar([x + i * width for x in range(len(FACETS))], values, width, label=editor)
+        ax.set_xticks([x + width * (len(editors) - 1) / 2 for x in range(len(FACETS))], FACETS)
+        ax.set_ylabel("gen_acc")
+        ax.set_title(f"{dataset}: quality per facet (largest n per editor)")
+        ax.legend(fontsize=8)
+        paths.append(out / f"quality-{dataset}.png")
+        fig.tight_layout()
+        fig.savefig(paths[-1], dpi=100)
+        plt.close(fig)
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for editor in editors:
+            series = sorted((r["n_cases"], r["metrics"]["reliability"]["gen_acc"]) for r in rows
+                            if r["editor"] == editor and "reliability" in r["metrics"])
+            if series:
+                ax.plot(*zip(*series), marker="o", label=editor)
+        ax.set_xscale("log")
+        ax.set_xlabel("edits applied / stored")
+        ax.set_ylabel("reliability gen_acc")
+        ax.set_title(f"{dataset}: reliability vs number of edits")
+        ax.legend(fontsize=8)
+        paths.append(out / f"scale-{dataset}.png")
+        fig.tight_layout()
+        fig.savefig(paths[-1], dpi=100)
+        plt.close(fig)
+    return paths
+
+
+def write_reports(results: dict[str, dict], cfg: BenchConfig, settings: Settings, command: Sequence[str],
+                  notes: str = "", results_md: Path | None = None) -> None:
+    (cfg.out / "results.json").write_text(json.dumps(results, indent=1))
+    tables = (f"## Quality (gen_acc / token_acc, prob_win in brackets)\n\n{quality_table(results)}\n\n"
+              f"## Speed\n\n{speed_table(results)}\n")
+    (cfg.out / "results.md").write_text(tables)
+    plots = plot(results, cfg.out)
+    header = (f"# Results\n\nProduced by `{' '.join(shlex.quote(c) for c in command)}`\n\n"
+              f"- model: `{settings.model}`\n- machine: {platform.machine()}, {platform.processor() or 'cpu'}, "
+              f"{_cpu_count()} cores, Python {platform.python_version()}\n"
+              f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}\n"
+              f"- grid: {json.dumps({k: v for k, v in asdict(cfg).items() if k != 'out'}, default=str)}\n\n")
+    target = results_md or cfg.out / "RESULTS.md"
+    figures = "".join(f"![{p.stem}]({os.path.relpath(p, target.parent)})\n" for p in plots)
+    target.write_text(header + (f"## Reading\n\n{notes.strip()}\n\n" if notes.strip() else "") + tables
+                      + ("\n## Plots\n\n" + figures if plots else ""))
+
+
+def _cpu_count() -> int:
+    return os.cpu_count() or 0

@@ -1,0 +1,43 @@
+"""`lte bench`: compare every editor on every dataset with the shared harness; resumable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lte.bench import DATASETS, EDITORS, QUICK, BenchConfig
+
+
+def register(commands) -> None:
+    defaults = BenchConfig()
+    parser = commands.add_parser(
+        "bench", help="compare every editor on every dataset and write results and RESULTS.md",
+        description="Run `lte eval` for every (editor, dataset, mode, n) cell. Each finished cell is cached under "
+        "OUT/cells, so an interrupted bench continues. Writes OUT/results.json, OUT/results.md, PNG plots and "
+        "a RESULTS.md (OUT/RESULTS.md unless --results-md). --model is the aligned model used by `lte`; the other "
+        "editors use its base model.")
+    parser.add_argument("--editors", nargs="+", default=defaults.editors, choices=EDITORS, metavar="EDITOR")
+    parser.add_argument("--datasets", nargs="+", default=defaults.datasets, metavar="NAME|LABEL=PATH",
+                        help=f"known: {', '.join(DATASETS)}; or label=path for any dataset file")
+    parser.add_argument("--modes", nargs="+", default=defaults.modes, choices=["single", "batch", "sequential"])
+    parser.add_argument("--n", nargs="+", type=int, default=defaults.ns, dest="ns", help="cases per cell (scale axis)")
+    parser.add_argument("--budget", type=float, default=defaults.budget_s, help="most seconds per cell")
+    parser.add_argument("--out", default=str(defaults.out), help="output directory (default bench-out)")
+    parser.add_argument("--quick", action="store_true", help="small preset: n=10, sequential (minutes)")
+    parser.add_argument("--results-md", help="where to write RESULTS.md")
+    parser.add_argument("--notes", help="markdown file with the reading of the results, put at the top")
+    parser.set_defaults(handler=run)
+
+
+def run(args, settings) -> int:
+    from lte.bench import run_bench, write_reports
+
+    cfg = BenchConfig(editors=args.editors, datasets=args.datasets, modes=args.modes, ns=args.ns,
+                      budget_s=args.budget, out=Path(args.out))
+    if args.quick:
+        cfg.ns, cfg.modes = QUICK["ns"], QUICK["modes"]
+    results = run_bench(cfg, settings)
+    notes = Path(args.notes).read_text() if args.notes else ""
+    write_reports(results, cfg, settings, ["lte"] + args.argv, notes,
+                  Path(args.results_md) if args.results_md else None)
+    print((cfg.out / "results.md").read_text())
+    return 0

@@ -1,0 +1,42 @@
+import json
+
+import lte.bench as bench
+from lte.cli import main
+
+
+def write_cases(path, n=3):
+    rows = [{"subject": f"Tower {i}", "prompt": f"Tower {i} is located in", "target_new": "Goa",
+             "paraphrases": [f"Where is Tower {i}?"], "locality": [{"prompt": "The capital of Peru is"}]}
+            for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_bench_writes_tables_plots_and_resumes_from_cache(tmp_path, monkeypatch, capsys):
+    data = write_cases(tmp_path / "toy.jsonl")
+    out = tmp_path / "bench"
+    args = ["--model", "tiny-random", "bench", "--editors", "none", "context", "ke", "--datasets", f"toy={data}",
+            "--n", "1", "2", "--out", str(out), "--results-md", str(tmp_path / "RESULTS.md")]
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert {r["editor"] for r in results.values()} == {"none", "context", "ke"}
+    assert all("metrics" in r for r in results.values() if r["editor"] != "ke")
+    assert "train ke" in results["ke__toy__sequential__1"]["skipped"]  # no checkpoint: marked, not fatal
+    report = (tmp_path / "RESULTS.md").read_text()
+    assert "Produced by `lte --model tiny-random bench" in report and "| context | toy |" in report
+    assert (out / "quality-toy.png").is_file() and (out / "scale-toy.png").is_file()
+    capsys.readouterr()
+
+    def no_rerun(*args, **kwargs):
+        raise AssertionError("a cached cell was run again")
+
+    monkeypatch.setattr(bench, "run_cell", no_rerun)
+    assert main(args) == 0  # every cell cached
+
+
+def test_cells_over_budget_are_skipped_with_the_estimate():
+    done = {"a": {"editor": "rome", "n_cases": 10, "wall_s": 100.0}}
+    cell = bench.Cell("rome", "cf", "sequential", 1000)
+    assert bench.estimate_seconds(cell, done) == 10000.0
+    result = bench.attempt(cell, bench.BenchConfig(budget_s=600), None, None, [], done, progress=False)
+    assert result["skipped"].startswith("estimated 10000 s > budget 600 s")
