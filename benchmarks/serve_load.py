@@ -148,7 +148,8 @@ def main() -> int:
     process = start_server(args.model, store, port)
     try:
         lost = acked - stored_ids(base)
-        print(f"kill -9 during inserts: {len(acked)} edits acknowledged before the kill, {len(lost)} lost after restart")
+        print(f"kill -9 during inserts: {len(acked)} edits acknowledged before the kill, "
+              f"{len(lost)} lost after restart")
     finally:
         process.kill()
     return 1 if errors or missing or lost else 0

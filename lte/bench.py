@@ -150,7 +150,8 @@ def facet_cell(m: dict | None) -> str:
 
 
 def speed_table(results: dict[str, dict]) -> str:
-    lines = ["| editor | dataset | n | s per edit | s per query | peak RSS MB | wall s |", "|---|---|---|---|---|---|---|"]
+    lines = ["| editor | dataset | n | s per edit | s per query | peak RSS MB | wall s |",
+             "|---|---|---|---|---|---|---|"]
     for r in sorted(results.values(), key=lambda r: (r["editor"], r["dataset"], r["n_cases"])):
         if "timing" in r:
             t = r["timing"]

@@ -94,7 +94,8 @@ class Service:
                                 pad_token_id=tokenizer.pad_token_id)[0, ids["input_ids"].shape[1]:]
         finished = bool(len(output)) and output[-1].item() == tokenizer.eos_token_id
         text = tokenizer.decode(output, skip_special_tokens=True)
-        return text, ids["input_ids"].shape[1], len(output), "stop" if finished or len(output) < max_tokens else "length"
+        reason = "stop" if finished or len(output) < max_tokens else "length"
+        return text, ids["input_ids"].shape[1], len(output), reason
 
     def stream(self, prompt: str, max_tokens: int):
         """Start generation in a thread; returns an iterator over text pieces."""
