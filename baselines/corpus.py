@@ -3,6 +3,7 @@ default, text the model itself writes in answer to the instructions lte ships.""
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -14,12 +15,20 @@ from lte.models import LoadedModel
 from lte.scoring import ModelRunner
 
 
-def corpus_texts(loaded: LoadedModel, sources: Sequence[str], tokens: int, seed: int = 0) -> Iterator[str]:
-    """Texts until roughly `tokens` tokens have been yielded (the caller may stop earlier)."""
+def corpus_texts(loaded: LoadedModel, sources: Sequence[str], tokens: int, seed: int = 0,
+                 cache: Path | None = None) -> Iterator[str]:
+    """Texts until roughly `tokens` tokens have been yielded (the caller may stop earlier). Model-written text is
+    kept in `cache` (a JSON file), so statistics for another layer reuse it instead of generating it again."""
     if sources:
         yield from _source_texts(sources)
+    elif cache is not None and cache.is_file() and json.loads(cache.read_text())["tokens"] >= tokens:
+        yield from json.loads(cache.read_text())["texts"]
     else:
-        yield from _model_texts(loaded, tokens, seed)
+        texts = list(_model_texts(loaded, tokens, seed))
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps({"tokens": tokens, "seed": seed, "texts": texts}))
+        yield from texts
 
 
 def _source_texts(sources: Sequence[str]) -> Iterator[str]:
@@ -56,7 +65,5 @@ def _model_texts(loaded: LoadedModel, tokens: int, seed: int, length: int = 96) 
 
 
 def _entity_names() -> list[str]:
-    import json
-
     tables = json.loads(data_path("entities.json").read_text())
     return [name for kind in ("person", "company", "landmark", "country", "city") for name in tables[kind]]

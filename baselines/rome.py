@@ -87,7 +87,7 @@ def covariance(loaded: LoadedModel, projection: Projection, cfg: ROMEConfig, hom
         return stats["cov"]
     total, count = None, 0
     with _capture_inputs(projection) as captured:
-        for text in corpus_texts(loaded, cfg.corpus, cfg.cov_tokens, cfg.seed):
+        for text in corpus_texts(loaded, cfg.corpus, cfg.cov_tokens, cfg.seed, path.parent / "corpus-self.json"):
             ids = loaded.tokenizer(text, add_special_tokens=False, return_tensors="pt",
                                    truncation=True, max_length=512)["input_ids"].to(loaded.model.device)
             with torch.no_grad():

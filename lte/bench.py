@@ -161,49 +161,59 @@ def speed_table(results: dict[str, dict]) -> str:
 
 
 def plot(results: dict[str, dict], out: Path) -> list[Path]:
+    """Per dataset: gen_acc per facet per editor (at each editor's largest n), and reliability against n."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     done = [r for r in results.values() if "metrics" in r]
     paths = []
     for dataset in sorted({r["dataset"] for r in done}):
         rows = [r for r in done if r["dataset"] == dataset]
-        largest = {}
-        for r in rows:  # per editor, its largest n
-            if r["n_cases"] >= largest.get(r["editor"], {}).get("n_cases", 0):
-                largest[r["editor"]] = r
-        fig, ax = plt.subplots(figsize=(9, 4))
-        editors = sorted(largest, key=lambda e: EDITORS.index(e) if e in EDITORS else 99)
-        width = 0.8 / max(len(editors), 1)
-        for i, editor in enumerate(editors):
-            values = [largest[editor]["metrics"].get(f, {}).get("gen_acc", 0) for f in FACETS]
-            ax.bar([x + i * width for x in range(len(FACETS))], values, width, label=editor)
-        ax.set_xticks([x + width * (len(editors) - 1) / 2 for x in range(len(FACETS))], FACETS)
-        ax.set_ylabel("gen_acc")
-        ax.set_title(f"{dataset}: quality per facet (largest n per editor)")
-        ax.legend(fontsize=8)
-        paths.append(out / f"quality-{dataset}.png")
-        fig.tight_layout()
-        fig.savefig(paths[-1], dpi=100)
-        plt.close(fig)
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for editor in editors:
-            series = sorted((r["n_cases"], r["metrics"]["reliability"]["gen_acc"]) for r in rows
-                            if r["editor"] == editor and "reliability" in r["metrics"])
-            if series:
-                ax.plot(*zip(*series), marker="o", label=editor)
-        ax.set_xscale("log")
-        ax.set_xlabel("edits applied / stored")
-        ax.set_ylabel("reliability gen_acc")
-        ax.set_title(f"{dataset}: reliability vs number of edits")
-        ax.legend(fontsize=8)
-        paths.append(out / f"scale-{dataset}.png")
-        fig.tight_layout()
-        fig.savefig(paths[-1], dpi=100)
-        plt.close(fig)
+        editors = sorted({r["editor"] for r in rows}, key=lambda e: EDITORS.index(e) if e in EDITORS else 99)
+        paths.append(_plot_facets(rows, editors, out / f"quality-{dataset}.png", dataset))
+        paths.append(_plot_scale(rows, editors, out / f"scale-{dataset}.png", dataset))
     return paths
+
+
+def _plot_facets(rows: list[dict], editors: list[str], path: Path, dataset: str) -> Path:
+    import matplotlib.pyplot as plt
+
+    largest = {e: max((r for r in rows if r["editor"] == e), key=lambda r: r["n_cases"]) for e in editors}
+    fig, ax = plt.subplots(figsize=(9, 4))
+    width = 0.8 / max(len(editors), 1)
+    for i, editor in enumerate(editors):
+        values = [largest[editor]["metrics"].get(f, {}).get("gen_acc", 0) for f in FACETS]
+        ax.bar([x + i * width for x in range(len(FACETS))], values, width, label=editor)
+    ax.set_xticks([x + width * (len(editors) - 1) / 2 for x in range(len(FACETS))], FACETS)
+    ax.set_ylabel("gen_acc")
+    ax.set_title(f"{dataset}: quality per facet (largest n per editor)")
+    return _save(fig, ax, path)
+
+
+def _plot_scale(rows: list[dict], editors: list[str], path: Path, dataset: str) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for editor in editors:
+        series = sorted((r["n_cases"], r["metrics"]["reliability"]["gen_acc"]) for r in rows
+                        if r["editor"] == editor and "reliability" in r["metrics"])
+        if series:
+            ax.plot(*zip(*series), marker="o", label=editor)
+    ax.set_xscale("log")
+    ax.set_xlabel("edits applied / stored")
+    ax.set_ylabel("reliability gen_acc")
+    ax.set_title(f"{dataset}: reliability vs number of edits")
+    return _save(fig, ax, path)
+
+
+def _save(fig, ax, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def write_reports(results: dict[str, dict], cfg: BenchConfig, settings: Settings, command: Sequence[str],
