@@ -23,8 +23,8 @@ def main() -> None:
     editor = GRACEEditor(load_model(settings.model, settings.home), GRACEConfig(layer=args.layer))
     summary = calibrate_radius(editor, args.quantile)
     editor.restore()
-    print(f"layer {args.layer}: nearest-neighbour key distance over {summary['n']} prompts: min {summary['nn_min']:.3f},"
-          f" median {summary['nn_median']:.3f}, max {summary['nn_max']:.3f}; "
+    print(f"layer {args.layer}: nearest-neighbour key distance over {summary['n']} prompts: "
+          f"min {summary['nn_min']:.3f}, median {summary['nn_median']:.3f}, max {summary['nn_max']:.3f}; "
           f"eps_init = q{args.quantile:g} / 2 = {summary['eps_init']:.3f} (Euclidean)")
 
 
