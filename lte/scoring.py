@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -40,6 +41,7 @@ class ModelRunner:
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int = 16):
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        self._forward_parameters = set(inspect.signature(model.forward).parameters)
 
     @property
     def device(self) -> torch.device:
@@ -59,16 +61,27 @@ class ModelRunner:
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([s + [pad] * (width - len(s)) for s in sequences], device=self.device)
         mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences], device=self.device)
-        logprobs = torch.log_softmax(self.model(input_ids=input_ids, attention_mask=mask).logits.float(), dim=-1)
+        # The logits at position i predict token i + 1; only the target-predicting span is needed, so where the
+        # model allows it the vocabulary projection runs on that span alone (a fifth of the compute of a 135M model).
+        first = min(len(p) for p, _ in pairs) - 1
+        logits = self._logits(input_ids, mask, first)
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
         scores = []
         for row, (prompt, target) in enumerate(pairs):
-            # The logits at position i predict token i + 1.
-            positions = torch.arange(len(prompt) - 1, len(prompt) + len(target) - 1, device=self.device)
+            offset = len(prompt) - 1 - first
+            positions = torch.arange(offset, offset + len(target), device=self.device)
             wanted = torch.tensor(target, device=self.device)
             step = logprobs[row, positions]
             scores.append(TargetScore(tuple(step.gather(1, wanted[:, None]).squeeze(1).tolist()),
                                       tuple((step.argmax(-1) == wanted).tolist())))
         return scores
+
+    def _logits(self, input_ids: torch.Tensor, mask: torch.Tensor, first: int) -> torch.Tensor:
+        """Logits for positions first..end."""
+        if "logits_to_keep" in self._forward_parameters:
+            return self.model(input_ids=input_ids, attention_mask=mask,
+                              logits_to_keep=input_ids.shape[1] - first).logits
+        return self.model(input_ids=input_ids, attention_mask=mask).logits[:, first:]
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
