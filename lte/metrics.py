@@ -10,8 +10,9 @@ from typing import Iterable, Sequence
 
 
 def normalize(text: str) -> str:
-    """Lower-case, collapse whitespace: 'gen_acc' matching is case- and whitespace-insensitive."""
-    return re.sub(r"\s+", " ", text.lower()).strip()
+    """Lower-case, collapse whitespace, drop punctuation at either end: 'gen_acc' matching ignores case, spacing
+    and a trailing full stop ('Christianity.' matches 'Christianity')."""
+    return re.sub(r"\s+", " ", text.lower()).strip().strip(".,;:!?\"'").strip()
 
 
 def contains_answer(generation: str, answers: Iterable[str]) -> bool:

@@ -13,7 +13,7 @@ SMALL = AlignDataConfig(in_scope=24, out_of_scope=12, linguistic=6, table_edits=
 def test_rows_cover_every_kind_and_put_the_relevant_fact_anywhere(tiny):
     rows = build_rows(tiny, SMALL, progress=False)
     kinds = {row["kind"] for row in rows}
-    assert kinds <= {"in_scope", "out_of_scope", "linguistic"} and "in_scope" in kinds
+    assert kinds <= {"in_scope", "out_of_scope", "linguistic", "no_facts"} and "in_scope" in kinds
     positions = set()
     for row in rows:
         user, answer = row["prompt"][0]["content"], row["completion"][0]["content"]
@@ -46,6 +46,11 @@ def test_out_of_scope_answers_are_the_base_models_own_without_facts(tiny, monkey
     for row in distilled:
         assert prompting.FACTS_HEADER in row["prompt"][0]["content"] or row["kind"] == "linguistic"
         assert "answer " in row["completion"][0]["content"]
+    bare = [r for r in rows if r["kind"] == "no_facts"]
+    assert len(bare) == int(SMALL.out_of_scope * SMALL.no_facts_share)
+    assert all(prompting.FACTS_HEADER not in r["prompt"][0]["content"] for r in bare)
+    out_of_scope = {r["prompt"][0]["content"].split("\n\n")[-1]: r["completion"][0]["content"] for r in distilled}
+    assert all(out_of_scope[r["prompt"][0]["content"]] == r["completion"][0]["content"] for r in bare)
 
 
 def test_table_cases_have_questions_and_neighbours():
@@ -68,3 +73,12 @@ def test_whole_sentences_trims_cut_off_text():
     assert whole_sentences("Paris is big. It has many") == "Paris is big."
     assert whole_sentences(" Paris.") == "Paris."
     assert whole_sentences("Paris") == "Paris"
+
+
+def test_lora_alignment_writes_an_adapter_that_loads_merged(tmp_path):
+    loaded = load_model("tiny-random")
+    out = align(loaded, AlignConfig(out=tmp_path / "lora", max_steps=1, batch_size=4, lora=True, lora_r=4,
+                                    data=SMALL), progress=False)
+    assert (out / "adapter_config.json").is_file()
+    merged = load_model(str(out))
+    assert merged.base_spec == "tiny-random" and not hasattr(merged.model, "peft_config")

@@ -4,6 +4,8 @@ Three kinds of rows, all rendered with `lte.prompting` (the template inference u
 - in_scope: 1–3 facts, one of which answers the request (at a random position) → the new answer;
 - out_of_scope: facts that do not answer the request (near neighbours: same relation other subject, or same subject
   other relation) → the base model's own answer without facts (self-distilled, so behaviour does not shift);
+- no_facts: some out-of-scope requests again with no fact block at all, as inference sends them when the relevance
+  gate passes nothing → the same self-distilled answer (keeps the aligned model's unconditional answers the base's);
 - linguistic: facts + a general instruction → the base model's own response.
 Sources: counterfactual edits sampled from the shipped entity/relation tables, plus any dataset files given.
 """
@@ -29,8 +31,9 @@ from lte.scoring import ModelRunner
 
 @dataclass
 class AlignDataConfig:
-    """in_scope / out_of_scope / linguistic: number of rows of each kind (about 1,100 rows: one epoch at batch 8
-    is ~140 steps, ~9.5 s each for the default model on 2 CPU cores). max_facts: facts per context (1–3).
+    """in_scope / out_of_scope / linguistic: number of rows of each kind (about 1,200 rows with the no-fact copies:
+    one epoch at batch 8 is ~150 steps, ~9.5 s each for the default model on 2 CPU cores). max_facts: facts per
+    context (1–3). no_facts_share: share of out-of-scope rows repeated without any fact block.
     table_edits: counterfactual edits sampled from the shipped tables. distill_tokens / instruction_tokens: length of
     the base model's self-distilled answers."""
 
@@ -38,6 +41,7 @@ class AlignDataConfig:
     out_of_scope: int = 350
     linguistic: int = 100
     max_facts: int = 3
+    no_facts_share: float = 0.33
     table_edits: int = 600
     distill_tokens: int = 24
     instruction_tokens: int = 64
@@ -122,6 +126,14 @@ def linguistic_rows(cases: Sequence[EditCase], cfg: AlignDataConfig, rng: random
     return [Row("linguistic", rng.choice(pool), facts_with(None, cases, cfg, rng)) for _ in range(cfg.linguistic)]
 
 
+def no_fact_rows(rows: Sequence[Row], share: float, rng: random.Random) -> list[Row]:
+    """A share of the distilled out-of-scope rows again without any facts (their answers need no new generation:
+    they were distilled without facts in the first place)."""
+    out_of_scope = [row for row in rows if row.kind == "out_of_scope"]
+    chosen = rng.sample(out_of_scope, int(len(out_of_scope) * share))
+    return [Row("no_facts", row.query, (), row.answer) for row in chosen]
+
+
 def distill(rows: list[Row], loaded: LoadedModel, cfg: AlignDataConfig, progress: bool = True) -> list[Row]:
     """Fill in unanswered rows with the base model's greedy answer to the request *without* any facts."""
     runner = ModelRunner(loaded.model, loaded.tokenizer, batch_size=16)
@@ -155,6 +167,7 @@ def build_rows(loaded: LoadedModel, cfg: AlignDataConfig, data_files: Sequence[s
         cases += load_cases(path)
     rows = in_scope_rows(cases, cfg, rng) + out_of_scope_rows(cases, cfg, rng) + linguistic_rows(cases, cfg, rng)
     rows = distill(rows, loaded, cfg, progress)
+    rows += no_fact_rows(rows, cfg.no_facts_share, rng)
     rng.shuffle(rows)
     return [row.conversation() for row in rows]
 
