@@ -49,8 +49,8 @@ def test_out_of_scope_answers_are_the_base_models_own_without_facts(tiny, monkey
     bare = [r for r in rows if r["kind"] == "no_facts"]
     assert len(bare) == int(SMALL.out_of_scope * SMALL.no_facts_share)
     assert all(prompting.FACTS_HEADER not in r["prompt"][0]["content"] for r in bare)
-    out_of_scope = {r["prompt"][0]["content"].split("\n\n")[-1]: r["completion"][0]["content"] for r in distilled}
-    assert all(out_of_scope[r["prompt"][0]["content"]] == r["completion"][0]["content"] for r in bare)
+    pairs = {(r["prompt"][0]["content"].split("\n\n")[-1], r["completion"][0]["content"]) for r in distilled}
+    assert all((r["prompt"][0]["content"], r["completion"][0]["content"]) in pairs for r in bare)
 
 
 def test_table_cases_have_questions_and_neighbours():
