@@ -38,7 +38,7 @@ def test_rome_moves_the_default_model_towards_the_new_target(default_model, isol
 
     edit = Edit(subject="Danielle Darrieux", prompt="The mother tongue of Danielle Darrieux is",
                 target_new="English", target_true="French")
-    editor = ROMEEditor(default_model, ROMEConfig(cov_tokens=3000), home=isolated_home)
+    editor = ROMEEditor(default_model, ROMEConfig(cov_tokens=1500), home=isolated_home)
     query = Query(edit.prompt)
     before = editor.score([query, query], ["English", "French"])
     editor.apply([edit])
