@@ -1,8 +1,11 @@
 """LTE phase 2: answer with retrieved edits in the prompt of the aligned model.
 
 `apply` inserts edits into the EditStore; answering retrieves the top-k edits through the relevance gate, writes
-them into the prompt (`lte.prompting`), and generates. A question with no relevant edit reaches the model with no
-edit block at all, exactly as the unedited model would see it.
+them into the prompt (`lte.prompting`), and generates with the aligned model. A question with no relevant edit gets
+no edit block at all, and — when the aligned model was fine-tuned from a base model we can load — is answered by
+that unedited base model: unrelated questions then get exactly the answers they got before any edit, whatever the
+fine-tuning shifted (measured: without this, the aligned default model's answers to CounterFact neighbour prompts
+drift from the base's; see RESULTS.md).
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ from typing import Sequence
 
 from lte import prompting
 from lte.editor import ModelEditor, Query
-from lte.models import LoadedModel
+from lte.models import LoadedModel, load_model
 from lte.schema import Edit
+from lte.scoring import ModelRunner, TargetScore
 from lte.settings import Settings
 from retrieval.store import EditStore, Hit, open_client
 
@@ -30,21 +34,55 @@ class LTEEditor(ModelEditor):
 
     name = "lte"
 
-    def __init__(self, loaded: LoadedModel, store: EditStore, k: int = 3, batch_size: int = 16):
+    def __init__(self, loaded: LoadedModel, store: EditStore, k: int = 3, batch_size: int = 16,
+                 unedited: LoadedModel | None = None):
         super().__init__(loaded, batch_size)
         self.store, self.k = store, k
+        self.unedited = unedited
+        self.unedited_runner = ModelRunner(unedited.model, unedited.tokenizer, batch_size) if unedited else None
         self._applied: list[str] = []
 
     @classmethod
     def from_settings(cls, settings: Settings, loaded: LoadedModel, k: int = 3, batch_size: int = 16,
-                      private_store: bool = True, threshold: float | None = None) -> "LTEEditor":
+                      private_store: bool = True, threshold: float | None = None,
+                      route_unedited: bool = True) -> "LTEEditor":
         """private_store: a fresh in-memory edit set (evaluation), never the user's store; otherwise the store
-        named by the settings."""
+        named by the settings. route_unedited: answer questions with no relevant edit with the base model."""
         if private_store:
             store = EditStore(open_client(), f"eval-{uuid.uuid4().hex[:12]}", threshold=threshold)
         else:
             store = EditStore.open(settings.store_dir, settings.chroma_url, settings.collection, threshold=threshold)
-        return cls(loaded, store, k, batch_size)
+        unedited = None
+        if route_unedited and loaded.base_spec != loaded.spec:
+            unedited = load_model(loaded.base_spec, settings.home)
+        return cls(loaded, store, k, batch_size, unedited)
+
+    def model_for(self, has_facts: bool) -> LoadedModel:
+        """The aligned model for prompts carrying edits; the unedited base (when routed) for the others."""
+        return self.loaded if has_facts or self.unedited is None else self.unedited
+
+    def score(self, queries: Sequence[Query], targets: Sequence[str]) -> list[TargetScore]:
+        facts = self.facts_for(queries)
+        texts = [prompting.render(self.loaded.tokenizer, q.prompt, f) for q, f in zip(queries, facts)]
+        shaped = [prompting.format_target(q.prompt, t) for q, t in zip(queries, targets)]
+        return self._routed(facts, lambda runner, rows: runner.score([texts[i] for i in rows],
+                                                                     [shaped[i] for i in rows]))
+
+    def generate(self, queries: Sequence[Query], max_new_tokens: int) -> list[str]:
+        facts = self.facts_for(queries)
+        texts = [prompting.render(self.loaded.tokenizer, q.prompt, f) for q, f in zip(queries, facts)]
+        return self._routed(facts, lambda runner, rows: runner.generate([texts[i] for i in rows], max_new_tokens))
+
+    def _routed(self, facts: list[list[str]], call) -> list:
+        """Run `call(runner, row_indices)` for the rows with facts on the aligned model and the others on the
+        unedited one, and put the results back in order."""
+        results: list = [None] * len(facts)
+        plain = [i for i, f in enumerate(facts) if not f] if self.unedited_runner else []
+        edited = sorted(set(range(len(facts))) - set(plain))
+        for runner, rows in ((self.runner, edited), (self.unedited_runner, plain)):
+            for i, result in zip(rows, call(runner, rows) if rows else []):
+                results[i] = result
+        return results
 
     def apply(self, edits: Sequence[Edit]) -> None:
         self.store.add(edits, progress=False)
@@ -65,7 +103,8 @@ class LTEEditor(ModelEditor):
         """Answer one question; report which edits were used."""
         hits = self.retrieve([question])[0]
         prompt = prompting.render(self.loaded.tokenizer, question, [h.edit.statement for h in hits])
-        text = self.runner.generate([prompt], max_new_tokens)[0].strip()
+        runner = self.runner if hits or self.unedited_runner is None else self.unedited_runner
+        text = runner.generate([prompt], max_new_tokens)[0].strip()
         if prompting.is_cloze(question):  # show the completed sentence, not only its continuation
             text = f"{prompting.assistant_prefill(question)} {text}"
         return Answer(text, tuple(hits))

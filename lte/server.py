@@ -86,9 +86,10 @@ class Service:
         except ValueError as error:
             raise APIError(400, str(error)) from None
 
-    def generate(self, prompt: str, max_tokens: int) -> tuple[str, int, int, str]:
+    def generate(self, prompt: str, max_tokens: int, has_facts: bool = True) -> tuple[str, int, int, str]:
         """Greedy completion: (text, prompt tokens, completion tokens, finish reason)."""
-        tokenizer, model = self.editor.loaded.tokenizer, self.editor.loaded.model
+        chosen = self.editor.model_for(has_facts)
+        tokenizer, model = chosen.tokenizer, chosen.model
         ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt").to(model.device)
         output = model.generate(**ids, max_new_tokens=max_tokens, do_sample=False,
                                 pad_token_id=tokenizer.pad_token_id)[0, ids["input_ids"].shape[1]:]
@@ -97,11 +98,12 @@ class Service:
         reason = "stop" if finished or len(output) < max_tokens else "length"
         return text, ids["input_ids"].shape[1], len(output), reason
 
-    def stream(self, prompt: str, max_tokens: int):
+    def stream(self, prompt: str, max_tokens: int, has_facts: bool = True):
         """Start generation in a thread; returns an iterator over text pieces."""
         from transformers import TextIteratorStreamer
 
-        tokenizer, model = self.editor.loaded.tokenizer, self.editor.loaded.model
+        chosen = self.editor.model_for(has_facts)
+        tokenizer, model = chosen.tokenizer, chosen.model
         ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt").to(model.device)
         streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
         thread = threading.Thread(target=model.generate, kwargs=dict(
@@ -215,7 +217,8 @@ def create_app(service: Service) -> FastAPI:
             return StreamingResponse(stream_chat(prompt, hits, max_tokens), media_type="text/event-stream")
         slot = await service.generation_slot()
         try:
-            text, n_prompt, n_done, finish = await asyncio.to_thread(service.generate, prompt, max_tokens)
+            text, n_prompt, n_done, finish = await asyncio.to_thread(service.generate, prompt, max_tokens,
+                                                                     bool(hits))
         finally:
             slot.release()
         return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
@@ -236,7 +239,7 @@ def create_app(service: Service) -> FastAPI:
 
         try:
             yield chunk({"role": "assistant", "content": ""}, extra={"lte": {"edits": edits_used(hits)}})
-            streamer, thread = service.stream(prompt, max_tokens)
+            streamer, thread = service.stream(prompt, max_tokens, bool(hits))
             pieces = iter(streamer)
             while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
                 if piece:
@@ -259,7 +262,7 @@ def create_app(service: Service) -> FastAPI:
         slot = await service.generation_slot()
         try:
             text, n_prompt, n_done, finish = await asyncio.to_thread(service.generate, prompt,
-                                                                     requested_tokens(body, cfg))
+                                                                     requested_tokens(body, cfg), bool(hits))
         finally:
             slot.release()
         return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),

@@ -37,3 +37,32 @@ def test_answer_reports_the_edits_used(tiny, embedder):
     assert [hit.edit.id for hit in answer.hits] == [NEEDLE.id]
     cloze = editor.answer("The Space Needle is located in", max_new_tokens=3)
     assert cloze.text.startswith("The Space Needle is located in")
+
+
+def test_questions_without_relevant_edits_go_to_the_unedited_model(tiny, embedder):
+    from lte.editor import UneditedEditor
+    from lte.models import LoadedModel
+    from lte.tiny import build_tiny_model
+
+    base = LoadedModel(*build_tiny_model(seed=1), spec="base", base_spec="base")
+    base.tokenizer.pad_token = base.tokenizer.eos_token
+    editor = LTEEditor(tiny, EditStore(open_client(), f"r-{uuid.uuid4().hex[:8]}", embedder), unedited=base)
+    editor.apply([NEEDLE])
+    related, unrelated = Query("Where is the Space Needle?"), Query("Who wrote Hamlet?")
+    scores = editor.score([related, unrelated], ["Goa", "Shakespeare"])
+    assert scores[1] == UneditedEditor(base).score([unrelated], ["Shakespeare"])[0]
+    assert scores[0] == ModelEditorLike(tiny, [NEEDLE.statement]).score([related], ["Goa"])[0]
+    assert editor.model_for(False) is base and editor.model_for(True) is tiny
+
+
+class ModelEditorLike:
+    """The aligned model with a fixed fact block, to compare against the routed editor."""
+
+    def __init__(self, loaded, facts):
+        from lte.scoring import ModelRunner
+
+        self.loaded, self.facts, self.runner = loaded, facts, ModelRunner(loaded.model, loaded.tokenizer)
+
+    def score(self, queries, targets):
+        texts = [prompting.render(self.loaded.tokenizer, q.prompt, self.facts) for q in queries]
+        return self.runner.score(texts, [prompting.format_target(q.prompt, t) for q, t in zip(queries, targets)])
