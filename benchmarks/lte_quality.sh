@@ -16,10 +16,12 @@ run() {
   lte "$@" --no-progress
   echo "  ($((SECONDS - start)) s)" | tee -a "$out/commands.txt"
 }
-run --model "$aligned" eval --editor lte --dataset "$cf" --limit "$n_cf" --mode batch --out "$out/lte-cf-$n_cf.json"
 for editor in lte lte-unaligned context none; do
   run --model "$aligned" eval --editor $editor --dataset "$cf" --limit "$n_small" --mode batch \
     --out "$out/$editor-cf-$n_small.json"
+done
+for editor in lte lte-unaligned; do
   run --model "$aligned" eval --editor $editor --dataset "$zsre" --limit "$n_small" --mode batch \
     --out "$out/$editor-zsre-$n_small.json"
 done
+run --model "$aligned" eval --editor lte --dataset "$cf" --limit "$n_cf" --mode batch --out "$out/lte-cf-$n_cf.json"
