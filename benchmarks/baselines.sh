@@ -6,12 +6,7 @@ out=$1; n_rome=${2:-200}; n_grace=${3:-1000}; n_ke=${4:-200}
 shared=${SHARED:-$(cd "$(dirname "$0")/../.." && pwd)/shared/datasets}
 cf=$shared/counterfact_easyedit/counterfact-edit.json
 mkdir -p "$out"
-run() {
-  local start=$SECONDS
-  echo "+ lte $*" | tee -a "$out/commands.txt"
-  lte "$@" --no-progress
-  echo "  ($((SECONDS - start)) s)" | tee -a "$out/commands.txt"
-}
+. "$(dirname "$0")/common.sh"
 python "$(dirname "$0")/rome_layers.py" --n 10 | tee "$out/rome-layers.txt"
 run eval --editor rome --dataset "$cf" --limit "$n_rome" --mode single --out "$out/rome-single.json"
 run eval --editor rome --dataset "$cf" --limit "$n_rome" --mode sequential --out "$out/rome-sequential.json"

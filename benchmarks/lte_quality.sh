@@ -10,12 +10,7 @@ shared=${SHARED:-$(cd "$(dirname "$0")/../.." && pwd)/shared/datasets}
 cf=$shared/counterfact_easyedit/counterfact-edit.json
 zsre=$shared/knowedit/ZsRE-test-all.json
 mkdir -p "$out"
-run() {
-  local start=$SECONDS
-  echo "+ lte $*" | tee -a "$out/commands.txt"
-  lte "$@" --no-progress
-  echo "  ($((SECONDS - start)) s)" | tee -a "$out/commands.txt"
-}
+. "$(dirname "$0")/common.sh"
 for editor in lte lte-unaligned context none; do
   run --model "$aligned" eval --editor $editor --dataset "$cf" --limit "$n_small" --mode batch \
     --out "$out/$editor-cf-$n_small.json"
