@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from baselines.grace import Codebook, GRACEConfig, GRACEEditor, update_codebook
@@ -16,8 +17,22 @@ def test_add_expand_split_rules_on_hand_built_keys():
     assert len(book) == 3 and book.radii[0].item() == 0.5 and book.radii[2].item() == 0.5
 
 
-def test_edit_is_generated_freely_and_nothing_changes_outside_the_radius(tiny):
-    editor = GRACEEditor(tiny, GRACEConfig(layer=2, value_steps=80))
+@pytest.fixture
+def grace(tiny):
+    """A GRACE editor on the shared tiny model, always unwrapped afterwards so other tests see the plain model."""
+    editors = []
+
+    def make(**options):
+        editors.append(GRACEEditor(tiny, GRACEConfig(layer=2, **options)))
+        return editors[-1]
+
+    yield make
+    for editor in editors:
+        editor.restore()
+
+
+def test_edit_is_generated_freely_and_nothing_changes_outside_the_radius(grace):
+    editor = grace(value_steps=80)
     edit = Edit(subject="The Space Needle", prompt="The Space Needle is located in", target_new="Goa Velha")
     unrelated = [Query("Who wrote Hamlet?"), Query("The capital of Peru is")]
     before = editor.generate(unrelated, 5), editor.score(unrelated, ["x", "y"])
@@ -28,8 +43,8 @@ def test_edit_is_generated_freely_and_nothing_changes_outside_the_radius(tiny):
     assert (editor.generate(unrelated, 5), editor.score(unrelated, ["x", "y"])) == before
 
 
-def test_disabled_adaptor_and_restore_are_exact(tiny, tmp_path):
-    editor = GRACEEditor(tiny, GRACEConfig(layer=2, value_steps=5))
+def test_disabled_adaptor_and_restore_are_exact(grace, tmp_path):
+    editor = grace(value_steps=5)
     original_mlp = editor.layer.mlp
     edit = Edit(subject="The Space Needle", prompt="The Space Needle is located in", target_new="Goa")
     baseline = editor.score([Query(edit.prompt)], ["Goa"])
