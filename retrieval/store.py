@@ -24,7 +24,7 @@ from retrieval.embedder import Embedder
 
 CURRENT, SUPERSEDED = "current", "superseded"
 # Relevance (see `relevance`) below which a hit is treated as unrelated. Picked with `calibrate` on CounterFact
-# paraphrase (related) and neighbourhood (unrelated) prompts with all-MiniLM-L6-v2; see benchmarks/retrieval.py.
+# paraphrase (related) and neighbourhood (unrelated) prompts with all-MiniLM-L6-v2; see benchmarks/edit_store.py.
 DEFAULT_THRESHOLD = 0.5
 _PLACEHOLDER = [0.0]  # the records collection is looked up by id and metadata only; Chroma still wants a vector
 

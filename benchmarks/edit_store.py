@@ -8,7 +8,7 @@
 - hit@1 on paraphrase prompts with 1k edits stored, and how often the relevance gate passes nothing for neighbour
   prompts (same relation, other subject), plus the calibrated threshold on a separate slice.
 
-    python benchmarks/retrieval.py [--insert 10000] [--sizes 1000 10000 100000]
+    python benchmarks/edit_store.py [--insert 10000] [--sizes 1000 10000 100000]
 """
 
 from __future__ import annotations
