@@ -6,9 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
-from pathlib import Path
 
 from lte.settings import DEFAULT_MODEL, Settings
 
@@ -34,7 +32,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
-    os.environ.setdefault("HF_HUB_OFFLINE", "0")
     settings = Settings.from_env(home=args.home, model=args.model, store=args.store, chroma_url=args.chroma_url,
                                  collection=args.collection)
     try:
@@ -71,10 +68,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def print_json(value) -> None:
     print(json.dumps(value, indent=2, ensure_ascii=False))
-
-
-def resolve_path(value: str | None, default: Path) -> Path:
-    return Path(value).expanduser() if value else default
 
 
 if __name__ == "__main__":
