@@ -90,7 +90,9 @@ def run_cell(cell: Cell, settings: Settings, loaded: LoadedModel, cases, progres
     return report
 
 
-def run_bench(cfg: BenchConfig, settings: Settings, progress: bool = True) -> dict[str, dict]:
+def run_bench(cfg: BenchConfig, settings: Settings, progress: bool = True, command: str = "") -> dict[str, dict]:
+    """Run every missing cell of the grid; cells already in OUT/cells (from this or an earlier command) are kept.
+    Each new cell records `command`, so a report built from several runs says which run made which cell."""
     cells_dir = cfg.out / "cells"
     cells_dir.mkdir(parents=True, exist_ok=True)
     loaded = load_model(settings.model, settings.home)
@@ -104,6 +106,7 @@ def run_bench(cfg: BenchConfig, settings: Settings, progress: bool = True) -> di
                     if cell.key in results:
                         continue  # cached: an interrupted bench continues where it stopped
                     results[cell.key] = attempt(cell, cfg, settings, loaded, cases, results, progress)
+                    results[cell.key]["command"] = command
                     (cells_dir / f"{cell.key}.json").write_text(json.dumps(results[cell.key], indent=1))
     return results
 
@@ -223,7 +226,7 @@ def write_reports(results: dict[str, dict], cfg: BenchConfig, settings: Settings
               f"## Speed\n\n{speed_table(results)}\n")
     (cfg.out / "results.md").write_text(tables)
     plots = plot(results, cfg.out)
-    header = (f"# Results\n\nProduced by `{' '.join(shlex.quote(c) for c in command)}`\n\n"
+    header = (f"# Results\n\n{provenance(results, shlex.join(command))}\n\n"
               f"- model: `{settings.model}`\n- machine: {platform.machine()}, {platform.processor() or 'cpu'}, "
               f"{_cpu_count()} cores, Python {platform.python_version()}\n"
               f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}\n"
@@ -232,6 +235,16 @@ def write_reports(results: dict[str, dict], cfg: BenchConfig, settings: Settings
     figures = "".join(f"![{p.stem}]({os.path.relpath(p, target.parent)})\n" for p in plots)
     target.write_text(header + (f"## Reading\n\n{notes.strip()}\n\n" if notes.strip() else "") + tables
                       + ("\n## Plots\n\n" + figures if plots else ""))
+
+
+def provenance(results: dict[str, dict], command: str) -> str:
+    """Which commands produced the cells: one line when a single run made them all."""
+    made_by = list(dict.fromkeys(r.get("command") or command for r in results.values())) or [command]
+    if made_by == [command]:
+        return f"Produced by `{command}`"
+    lines = "\n".join(f"    {c}" for c in made_by)
+    return (f"Produced by these commands, run one after another with the same `--out` (each cell records the "
+            f"command that made it; the last one wrote this file):\n\n{lines}")
 
 
 def _cpu_count() -> int:

@@ -32,6 +32,12 @@ def test_bench_writes_tables_plots_and_resumes_from_cache(tmp_path, monkeypatch,
 
     monkeypatch.setattr(bench, "run_cell", no_rerun)
     assert main(args) == 0  # every cell cached
+    monkeypatch.undo()
+    more = ["--model", "tiny-random", "bench", "--editors", "none", "--datasets", f"toy={data}", "--n", "3",
+            "--out", str(out), "--results-md", str(tmp_path / "RESULTS.md")]
+    assert main(more) == 0  # a second grid into the same --out: the report names both commands
+    report = (tmp_path / "RESULTS.md").read_text()
+    assert "run one after another" in report and "--editors none context ke" in report and "--n 3" in report
 
 
 def test_cells_over_budget_are_skipped_with_the_estimate():

@@ -34,6 +34,26 @@ def test_supersede_keeps_history_and_restore(store):
     assert [s.edit.id for s in store.list(history=True)] == [NEEDLE.id, newer.id]
     store.restore(NEEDLE.id)
     assert store.search("Where is the Space Needle?", k=1)[0].edit.target_new == "Goa"
+    assert store.keys.count() == 3  # only the current edit's keys are searchable
+
+
+def moved(edit: Edit, target: str) -> Edit:
+    """The same slot with another answer."""
+    return Edit(subject=edit.subject, prompt=edit.prompt, target_new=target, paraphrases=edit.paraphrases)
+
+
+def test_supersede_within_one_import_and_across_batches(store):
+    lima = moved(NEEDLE, "Lima")
+    oslo = moved(NEEDLE, "Oslo")
+    report = store.add([NEEDLE, TOWER, lima], batch_size=2, progress=False)  # NEEDLE and lima in different batches
+    assert (report.added, report.superseded) == (3, 1)
+    report = store.add([oslo, moved(TOWER, "Kyiv")], batch_size=8, progress=False)
+    assert (report.added, report.superseded) == (2, 2)
+    report = store.add([moved(NEEDLE, "Bern"), moved(NEEDLE, "Pisa")], progress=False)
+    assert (report.added, report.superseded) == (2, 2)  # in one batch the later edit wins at once
+    assert sorted(s.edit.target_new for s in store.list()) == ["Kyiv", "Pisa"]
+    assert store.keys.count() == 2 + 3  # keys of current edits only
+    assert store.search("Where is the Space Needle?", k=1)[0].edit.target_new == "Pisa"
 
 
 def test_delete_and_export(store, tmp_path):
@@ -46,7 +66,7 @@ def test_delete_and_export(store, tmp_path):
 
 
 def test_half_written_edit_is_invisible_and_rerun_completes(store):
-    store._write_keys([NEEDLE])  # an import killed after the keys, before the record
+    store._write_keys(store._embedded_keys([NEEDLE]))  # an import killed after the keys, before the record
     assert store.search("Where is the Space Needle?", gated=False) == [] and store.count() == 0
     assert store.add([NEEDLE], progress=False).added == 1
     assert store.search("Where is the Space Needle?")[0].edit.id == NEEDLE.id

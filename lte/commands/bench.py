@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from lte.bench import DATASETS, EDITORS, QUICK, BenchConfig
@@ -35,7 +36,7 @@ def run(args, settings) -> int:
                       budget_s=args.budget, out=Path(args.out))
     if args.quick:
         cfg.ns, cfg.modes = QUICK["ns"], QUICK["modes"]
-    results = run_bench(cfg, settings)
+    results = run_bench(cfg, settings, command=shlex.join(["lte"] + args.argv))
     notes = Path(args.notes).read_text() if args.notes else ""
     write_reports(results, cfg, settings, ["lte"] + args.argv, notes,
                   Path(args.results_md) if args.results_md else None)
