@@ -3,6 +3,8 @@ the subject's last token, building teacher-forced batches, and exact weight back
 
 from __future__ import annotations
 
+import copy
+import functools
 import re
 from dataclasses import dataclass, fields
 from typing import Sequence
@@ -103,6 +105,57 @@ def target_batch(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], tar
     positions = [list(range(len(p) - 1, len(p) + len(t) - 1)) for p, t in pairs]
     return TargetBatch(torch.tensor(ids, device=device), torch.tensor(mask, device=device), positions,
                        [t for _, t in pairs])
+
+
+@dataclass
+class PrefixCachedBatch:
+    """Teacher-forced rows split at a pivot token per row. The tokens before each pivot run once, without gradients,
+    and only their attention keys/values are kept; every optimisation step then runs just the pivot and the tokens
+    after it. Exact when what is optimised acts at the pivot or later (causal attention: earlier tokens never see
+    it) — ROME's δ at the subject's last token, GRACE's values at the answer positions. On chat-rendered prompts
+    that cuts each step from ~50 tokens per row to a handful.
+
+    `target` holds target positions relative to the suffix; position 0 of the suffix is each row's pivot."""
+
+    prefix_cache: object  # a transformers Cache, or None when no row has a prefix
+    suffix_ids: torch.Tensor
+    attention_mask: torch.Tensor  # prefix (left-padded) and suffix (right-padded) together
+    position_ids: torch.Tensor
+    target: TargetBatch
+
+    def logits(self, model: PreTrainedModel) -> torch.Tensor:
+        cache = copy.deepcopy(self.prefix_cache)  # the forward appends to it; each step starts from the prefix
+        return model(input_ids=self.suffix_ids, attention_mask=self.attention_mask, position_ids=self.position_ids,
+                     past_key_values=cache, use_cache=cache is not None).logits
+
+
+def prefix_cached_batch(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
+                        targets: Sequence[str], pivots: Sequence[int]) -> PrefixCachedBatch:
+    """Rendered prompts with their targets (as for `target_batch`), split before `pivots` (token indices)."""
+    device = model.device
+    pairs = [target_ids(tokenizer, p, t) for p, t in zip(prompts, targets)]
+    rows = [p + t for p, t in pairs]
+    prefixes, suffixes = [r[:pivot] for r, pivot in zip(rows, pivots)], [r[pivot:] for r, pivot in zip(rows, pivots)]
+    width_p, width_s = max(map(len, prefixes)), max(map(len, suffixes))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    prefix_mask = [[0] * (width_p - len(x)) + [1] * len(x) for x in prefixes]
+    cache = None
+    if width_p:
+        prefix_ids = [[pad] * (width_p - len(x)) + x for x in prefixes]
+        prefix_positions = [[0] * (width_p - len(x)) + list(range(len(x))) for x in prefixes]
+        with torch.no_grad():
+            cache = model(input_ids=torch.tensor(prefix_ids, device=device),
+                          attention_mask=torch.tensor(prefix_mask, device=device),
+                          position_ids=torch.tensor(prefix_positions, device=device), use_cache=True).past_key_values
+    suffix_ids = [x + [pad] * (width_s - len(x)) for x in suffixes]
+    mask = [pm + [1] * len(x) + [0] * (width_s - len(x)) for pm, x in zip(prefix_mask, suffixes)]
+    positions = [list(range(len(p), len(p) + width_s)) for p in prefixes]
+    shifted = [[i - pivot for i in range(len(p) - 1, len(p) + len(t) - 1)] for (p, t), pivot in zip(pairs, pivots)]
+    if any(i < 0 for row in shifted for i in row):
+        raise ValueError("a pivot lies after the first target position")
+    tensor = functools.partial(torch.tensor, device=device)
+    return PrefixCachedBatch(cache, tensor(suffix_ids), tensor(mask), tensor(positions),
+                             TargetBatch(tensor(suffix_ids), tensor(mask)[:, width_p:], shifted, [t for _, t in pairs]))
 
 
 def rendered(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], target: str) -> tuple[list[str], list[str]]:

@@ -26,7 +26,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from baselines.common import config_from_options, decoder_layers, rendered
+from baselines.common import config_from_options, decoder_layers, prefix_cached_batch, rendered
 from lte.editor import ModelEditor
 from lte.models import LoadedModel
 from lte.schema import Edit
@@ -178,22 +178,27 @@ class GRACEEditor(ModelEditor):
         return adaptor.last_inputs[0, positions], positions, answer_ids
 
     def train_values(self, adaptor: GraceAdaptor, edit: Edit, positions: list[int], targets: list[int]) -> torch.Tensor:
-        """Values replacing the MLP output at `positions` so the model predicts `targets` there."""
-        [text], [target] = rendered(self.loaded.tokenizer, [edit.prompt], edit.target_new)
-        prompt_ids, answer_ids = target_ids(self.loaded.tokenizer, text, target)
-        ids = torch.tensor([prompt_ids + answer_ids], device=self.loaded.model.device)
-        wanted = torch.tensor(targets, device=ids.device)
-        with torch.no_grad():
+        """Values replacing the MLP output at `positions` so the model predicts `targets` there. The prompt before
+        the first answer position runs once (`PrefixCachedBatch`); each step runs only the answer positions."""
+        texts, answers = rendered(self.loaded.tokenizer, [edit.prompt], edit.target_new)
+        wanted = torch.tensor(targets, device=self.loaded.model.device)
+        with torch.no_grad():  # last_inputs: the full prompt+answer pass of `answer_keys`
             start = adaptor.inner(adaptor.last_inputs)[0, positions]
-        values = start.clone().requires_grad_(True)
-        optimizer = torch.optim.Adam([values], lr=self.cfg.value_lr)
         frozen = [(p, p.requires_grad) for p in self.loaded.model.parameters()]
         for p, _ in frozen:
             p.requires_grad_(False)
+        adaptor.enabled = False  # the prefix runs as in training: no codebook, nothing forced
+        try:
+            batch = prefix_cached_batch(self.loaded.model, self.loaded.tokenizer, texts, answers, positions[:1])
+        finally:
+            adaptor.enabled = True
+        relative = [i - positions[0] for i in positions]
+        values = start.clone().requires_grad_(True)
+        optimizer = torch.optim.Adam([values], lr=self.cfg.value_lr)
         try:
             for _ in range(self.cfg.value_steps):
-                adaptor.forced = (positions, values)
-                logits = self.loaded.model(input_ids=ids).logits[0, positions].float()
+                adaptor.forced = (relative, values)
+                logits = batch.logits(self.loaded.model)[0, batch.target.target_positions[0]].float()
                 if bool((logits.argmax(-1) == wanted).all()):
                     break
                 loss = nn.functional.cross_entropy(logits, wanted)

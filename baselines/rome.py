@@ -26,9 +26,9 @@ from baselines.common import (
     config_from_options,
     decoder_layers,
     mlp_projection,
+    prefix_cached_batch,
     rendered,
     subject_last_token,
-    target_batch,
 )
 from baselines.corpus import corpus_texts
 from lte import prompting
@@ -165,38 +165,38 @@ def compute_key(loaded: LoadedModel, projection: Projection, edit: Edit, prompts
 def compute_value_delta(loaded: LoadedModel, projection: Projection, edit: Edit, prompts: Sequence[str],
                         cfg: ROMEConfig) -> tuple[torch.Tensor, float, int]:
     """δ added to the projection's output at the subject's last token so the model predicts the new target.
-    Returns δ, the final target NLL and the steps taken."""
-    tokenizer, model, device = loaded.tokenizer, loaded.model, loaded.model.device
+    Returns δ, the final target NLL and the steps taken. Rows are split at the subject's last token, so each step
+    runs only from there on (see `PrefixCachedBatch`)."""
+    tokenizer, model = loaded.tokenizer, loaded.model
     texts, targets = rendered(tokenizer, prompts, edit.target_new)
     kl_prompt = f"{edit.subject} is a"
-    kl_text = prompting.render(tokenizer, kl_prompt)
-    batch = target_batch(tokenizer, texts + [kl_text], targets + [prompting.format_target(kl_prompt, "thing")],
-                         device)
-    positions = [subject_last_token(tokenizer, t, edit.subject) for t in texts + [kl_text]]
-    kl_row, kl_pos = len(texts), batch.target_positions[-1][0]
-    delta = torch.zeros(captured_out_dim(projection), device=device, requires_grad=True)
+    texts.append(prompting.render(tokenizer, kl_prompt))
+    targets.append(prompting.format_target(kl_prompt, "thing"))
+    pivots = [subject_last_token(tokenizer, t, edit.subject) for t in texts]
+    kl_row = len(texts) - 1
+    delta = torch.zeros(captured_out_dim(projection), device=model.device, requires_grad=True)
     original_outputs: list[torch.Tensor] = []
 
     def add_delta(module, args, output):
         if not original_outputs:  # the first pass runs with δ = 0: the original values
-            original_outputs.append(output[torch.arange(len(positions)), positions].detach())
+            original_outputs.append(output[:, 0].detach())
         shifted = output.clone()
-        shifted[torch.arange(len(positions)), positions] += delta
+        shifted[:, 0] += delta  # position 0 of every suffix is the subject's last token
         return shifted
 
     optimizer = torch.optim.Adam([delta], lr=cfg.v_lr)
-    handle = projection.module.register_forward_hook(add_delta)
     nll, step = float("inf"), 0
-    try:
-        with _frozen(model):
+    with _frozen(model):
+        batch = prefix_cached_batch(model, tokenizer, texts, targets, pivots)
+        kl_pos = batch.target.target_positions[kl_row][0]
+        handle = projection.module.register_forward_hook(add_delta)
+        try:
             with torch.no_grad():
-                base_logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-            base_kl = torch.log_softmax(base_logits[kl_row, kl_pos].float(), -1)
-            value_norm = original_outputs[0][: len(texts)].norm(dim=-1).mean()
+                base_kl = torch.log_softmax(batch.logits(model)[kl_row, kl_pos].float(), -1)
+            value_norm = original_outputs[0][:kl_row].norm(dim=-1).mean()
             for step in range(1, cfg.v_steps + 1):
-                logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-                nll_rows = -batch.target_logprobs(logits)[: len(texts)]
-                nll = nll_rows.mean()
+                logits = batch.logits(model)
+                nll = -batch.target.target_logprobs(logits)[:kl_row].mean()
                 new_kl = torch.log_softmax(logits[kl_row, kl_pos].float(), -1)
                 kl = torch.nn.functional.kl_div(new_kl, base_kl, log_target=True, reduction="sum")
                 loss = nll + cfg.kl_factor * kl + cfg.weight_decay * delta.norm() ** 2 / value_norm ** 2
@@ -209,8 +209,8 @@ def compute_value_delta(loaded: LoadedModel, projection: Projection, edit: Edit,
                     limit = cfg.clamp_norm * value_norm
                     if delta.norm() > limit:
                         delta.mul_(limit / delta.norm())
-    finally:
-        handle.remove()
+        finally:
+            handle.remove()
     return delta.detach(), float(nll.item() if torch.is_tensor(nll) else nll), step
 
 

@@ -6,14 +6,14 @@ from lte.align.data import AlignDataConfig, build_rows, table_cases, whole_sente
 from lte.align.train import AlignConfig, align
 from lte.models import MANIFEST, load_model
 
-SMALL = AlignDataConfig(in_scope=24, out_of_scope=12, linguistic=6, table_edits=30, distill_tokens=4,
+SMALL = AlignDataConfig(in_scope=24, out_of_scope=12, linguistic=6, describe=6, table_edits=30, distill_tokens=4,
                         instruction_tokens=4)
 
 
 def test_rows_cover_every_kind_and_put_the_relevant_fact_anywhere(tiny):
     rows = build_rows(tiny, SMALL, progress=False)
     kinds = {row["kind"] for row in rows}
-    assert kinds <= {"in_scope", "out_of_scope", "linguistic", "no_facts"} and "in_scope" in kinds
+    assert kinds <= {"in_scope", "out_of_scope", "linguistic", "describe", "no_facts"} and "in_scope" in kinds
     positions = set()
     for row in rows:
         user, answer = row["prompt"][0]["content"], row["completion"][0]["content"]
@@ -49,6 +49,10 @@ def test_out_of_scope_answers_are_the_base_models_own_without_facts(tiny, monkey
     bare = [r for r in rows if r["kind"] == "no_facts"]
     assert len(bare) == int(SMALL.out_of_scope * SMALL.no_facts_share)
     assert all(prompting.FACTS_HEADER not in r["prompt"][0]["content"] for r in bare)
+    for row in (r for r in rows if r["kind"] == "describe"):  # the new fact, then the base model's own words
+        facts = [line[2:] for line in row["prompt"][0]["content"].splitlines() if line.startswith("- ")]
+        lead, own = row["completion"][0]["content"].split(" answer ")
+        assert lead in facts and own.rstrip(".").isdigit()
     pairs = {(r["prompt"][0]["content"].split("\n\n")[-1], r["completion"][0]["content"]) for r in distilled}
     assert all((r["prompt"][0]["content"], r["completion"][0]["content"]) in pairs for r in bare)
 

@@ -6,7 +6,11 @@ Three kinds of rows, all rendered with `lte.prompting` (the template inference u
   other relation) → the base model's own answer without facts (self-distilled, so behaviour does not shift);
 - no_facts: some out-of-scope requests again with no fact block at all, as inference sends them when the relevance
   gate passes nothing → the same self-distilled answer (keeps the aligned model's unconditional answers the base's);
-- linguistic: facts + a general instruction → the base model's own response.
+- linguistic: facts + a general instruction → the base model's own response;
+- describe: facts including one about the subject + an open request about the subject ("Tell me about X.") → the
+  new fact stated, then the base model's own free answer to the request. Without these rows the aligned model learns
+  that a fact in the prompt means a one-word answer, and its free text about edited subjects gets short and
+  repetitive (the open requests are shipped in data/about.txt; the harness's fluency prompt is not among them).
 Sources: counterfactual edits sampled from the shipped entity/relation tables, plus any dataset files given.
 """
 
@@ -31,15 +35,16 @@ from lte.scoring import ModelRunner
 
 @dataclass
 class AlignDataConfig:
-    """in_scope / out_of_scope / linguistic: number of rows of each kind (about 1,200 rows with the no-fact copies:
-    one epoch at batch 8 is ~150 steps, ~9.5 s each for the default model on 2 CPU cores). max_facts: facts per
+    """in_scope / out_of_scope / linguistic / describe: number of rows of each kind (about 1,200 rows with the
+    no-fact copies: one epoch at batch 8 is ~150 steps, ~9.5 s each for the default model on 2 CPU cores). max_facts: facts per
     context (1–3). no_facts_share: share of out-of-scope rows repeated without any fact block.
     table_edits: counterfactual edits sampled from the shipped tables. distill_tokens / instruction_tokens: length of
     the base model's self-distilled answers."""
 
-    in_scope: int = 650
-    out_of_scope: int = 350
-    linguistic: int = 100
+    in_scope: int = 550
+    out_of_scope: int = 380
+    linguistic: int = 70
+    describe: int = 90
     max_facts: int = 3
     no_facts_share: float = 0.33
     table_edits: int = 600
@@ -54,6 +59,7 @@ class Row:
     query: str
     facts: tuple[str, ...]
     answer: str | None = None  # None: filled in by the base model
+    lead: str = ""  # put before the base model's answer (describe rows: the new fact)
 
     def conversation(self) -> dict:
         messages = prompting.chat_messages(self.query, self.facts, self.answer or "")
@@ -76,7 +82,7 @@ def table_cases(n: int, rng: random.Random) -> list[EditCase]:
                     source="lte-tables")
         same_subject = [r for r in relations if r["subject"] == relation["subject"] and r["id"] != relation["id"]]
         neighbours = [relation["cloze"].format(other), rng.choice(relation["questions"]).format(other)]
-        other_relations = rng.sample(same_subject, min(1, len(same_subject)))
+        other_relations = rng.sample(same_subject, min(2, len(same_subject)))  # as many as other-subject probes
         neighbours += [rng.choice([r["cloze"]] + r["questions"]).format(subject) for r in other_relations]
         cases.append(EditCase.from_edits(
             f"table-{i}", [edit], paraphrases=[Probe(q.format(subject), (target,)) for q in relation["questions"]],
@@ -84,8 +90,8 @@ def table_cases(n: int, rng: random.Random) -> list[EditCase]:
     return cases
 
 
-def instructions() -> list[str]:
-    return [line.strip() for line in data_path("instructions.txt").read_text().splitlines() if line.strip()]
+def shipped_lines(name: str) -> list[str]:
+    return [line.strip() for line in data_path(name).read_text().splitlines() if line.strip()]
 
 
 # ---------------------------------------------------------------- rows
@@ -122,8 +128,18 @@ def out_of_scope_rows(cases: Sequence[EditCase], cfg: AlignDataConfig, rng: rand
 
 
 def linguistic_rows(cases: Sequence[EditCase], cfg: AlignDataConfig, rng: random.Random) -> list[Row]:
-    pool = instructions()
+    pool = shipped_lines("instructions.txt")
     return [Row("linguistic", rng.choice(pool), facts_with(None, cases, cfg, rng)) for _ in range(cfg.linguistic)]
+
+
+def describe_rows(cases: Sequence[EditCase], cfg: AlignDataConfig, rng: random.Random) -> list[Row]:
+    requests = shipped_lines("about.txt")
+    rows = []
+    for _ in range(cfg.describe):
+        case = rng.choice(cases)
+        rows.append(Row("describe", rng.choice(requests).format(case.edit.subject),
+                        facts_with(case.edit.statement, cases, cfg, rng), lead=case.edit.statement))
+    return rows
 
 
 def no_fact_rows(rows: Sequence[Row], share: float, rng: random.Random) -> list[Row]:
@@ -134,6 +150,9 @@ def no_fact_rows(rows: Sequence[Row], share: float, rng: random.Random) -> list[
     return [Row("no_facts", row.query, (), row.answer) for row in chosen]
 
 
+FREE_TEXT = ("linguistic", "describe")  # rows whose distilled answer is a longer free text
+
+
 def distill(rows: list[Row], loaded: LoadedModel, cfg: AlignDataConfig, progress: bool = True) -> list[Row]:
     """Fill in unanswered rows with the base model's greedy answer to the request *without* any facts."""
     runner = ModelRunner(loaded.model, loaded.tokenizer, batch_size=16)
@@ -141,11 +160,12 @@ def distill(rows: list[Row], loaded: LoadedModel, cfg: AlignDataConfig, progress
     filled = list(rows)
     for start in tqdm(range(0, len(pending), 64), desc="self-distilling answers", disable=not progress):
         chunk = pending[start:start + 64]
-        for linguistic, length in ((False, cfg.distill_tokens), (True, cfg.instruction_tokens)):
-            group = [i for i in chunk if (rows[i].kind == "linguistic") == linguistic]
+        for free, length in ((False, cfg.distill_tokens), (True, cfg.instruction_tokens)):
+            group = [i for i in chunk if (rows[i].kind in FREE_TEXT) == free]
             prompts = [prompting.render(loaded.tokenizer, rows[i].query) for i in group]
             for i, text in zip(group, runner.generate(prompts, length) if group else []):
-                filled[i] = Row(rows[i].kind, rows[i].query, rows[i].facts, whole_sentences(text))
+                answer = " ".join(part for part in (rows[i].lead, whole_sentences(text)) if part)
+                filled[i] = Row(rows[i].kind, rows[i].query, rows[i].facts, answer)
     return [row for row in filled if row.answer]
 
 
@@ -165,7 +185,8 @@ def build_rows(loaded: LoadedModel, cfg: AlignDataConfig, data_files: Sequence[s
     cases = table_cases(cfg.table_edits, rng)
     for path in data_files:
         cases += load_cases(path)
-    rows = in_scope_rows(cases, cfg, rng) + out_of_scope_rows(cases, cfg, rng) + linguistic_rows(cases, cfg, rng)
+    rows = (in_scope_rows(cases, cfg, rng) + out_of_scope_rows(cases, cfg, rng) + linguistic_rows(cases, cfg, rng)
+            + describe_rows(cases, cfg, rng))
     rows = distill(rows, loaded, cfg, progress)
     rows += no_fact_rows(rows, cfg.no_facts_share, rng)
     rng.shuffle(rows)
