@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import re
 from dataclasses import dataclass, fields
 from typing import Sequence
@@ -115,18 +116,23 @@ class PrefixCachedBatch:
     it) — ROME's δ at the subject's last token, GRACE's values at the answer positions. On chat-rendered prompts
     that cuts each step from ~50 tokens per row to a handful.
 
-    `target` holds target positions relative to the suffix; position 0 of the suffix is each row's pivot."""
+    Position 0 of the suffix is each row's pivot. `logits` projects to the vocabulary only at `kept` suffix
+    positions (those predicting some row's target): `target` indexes into them."""
 
     prefix_cache: object  # a transformers Cache, or None when no row has a prefix
     suffix_ids: torch.Tensor
     attention_mask: torch.Tensor  # prefix (left-padded) and suffix (right-padded) together
     position_ids: torch.Tensor
+    kept: torch.Tensor
     target: TargetBatch
 
     def logits(self, model: PreTrainedModel) -> torch.Tensor:
         cache = copy.deepcopy(self.prefix_cache)  # the forward appends to it; each step starts from the prefix
-        return model(input_ids=self.suffix_ids, attention_mask=self.attention_mask, position_ids=self.position_ids,
-                     past_key_values=cache, use_cache=cache is not None).logits
+        inputs = dict(input_ids=self.suffix_ids, attention_mask=self.attention_mask, position_ids=self.position_ids,
+                      past_key_values=cache, use_cache=cache is not None)
+        if "logits_to_keep" in inspect.signature(model.forward).parameters:
+            return model(**inputs, logits_to_keep=self.kept).logits
+        return model(**inputs).logits[:, self.kept]
 
 
 def prefix_cached_batch(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
@@ -153,9 +159,11 @@ def prefix_cached_batch(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
     shifted = [[i - pivot for i in range(len(p) - 1, len(p) + len(t) - 1)] for (p, t), pivot in zip(pairs, pivots)]
     if any(i < 0 for row in shifted for i in row):
         raise ValueError("a pivot lies after the first target position")
+    kept = sorted({i for row in shifted for i in row})
+    indexed = [[kept.index(i) for i in row] for row in shifted]
     tensor = functools.partial(torch.tensor, device=device)
-    return PrefixCachedBatch(cache, tensor(suffix_ids), tensor(mask), tensor(positions),
-                             TargetBatch(tensor(suffix_ids), tensor(mask)[:, width_p:], shifted, [t for _, t in pairs]))
+    return PrefixCachedBatch(cache, tensor(suffix_ids), tensor(mask), tensor(positions), tensor(kept),
+                             TargetBatch(tensor(suffix_ids), tensor(mask)[:, width_p:], indexed, [t for _, t in pairs]))
 
 
 def rendered(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], target: str) -> tuple[list[str], list[str]]:

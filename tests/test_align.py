@@ -77,6 +77,8 @@ def test_whole_sentences_trims_cut_off_text():
     assert whole_sentences("Paris is big. It has many") == "Paris is big."
     assert whole_sentences(" Paris.") == "Paris."
     assert whole_sentences("Paris") == "Paris"
+    assert whole_sentences('He starred in "The Big Sleep." He also played in "The Long') == \
+        'He starred in "The Big Sleep."'
 
 
 def test_lora_alignment_writes_an_adapter_that_loads_merged(tmp_path):

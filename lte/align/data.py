@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -169,14 +170,17 @@ def distill(rows: list[Row], loaded: LoadedModel, cfg: AlignDataConfig, progress
     return [row for row in filled if row.answer]
 
 
+SENTENCE_END = re.compile(r"[.!?][\"')]*(?=\s)")
+
+
 def whole_sentences(text: str) -> str:
     """Trim a generation cut off by the token limit back to its last full sentence, so training never teaches
     the model to stop mid-sentence."""
     text = text.strip()
     if not text or text[-1] in ".!?\"')":
         return text
-    cut = max(text.rfind(". "), text.rfind("! "), text.rfind("? "), text.rfind(".\n"))
-    return text[: cut + 1] if cut > 0 else text
+    ends = [m.end() for m in SENTENCE_END.finditer(text)]
+    return text[: ends[-1]] if ends else text
 
 
 def build_rows(loaded: LoadedModel, cfg: AlignDataConfig, data_files: Sequence[str | Path] = (),

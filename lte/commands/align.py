@@ -13,8 +13,8 @@ def register(commands) -> None:
     defaults, data = AlignConfig(), AlignDataConfig()
     parser = commands.add_parser(
         "align", help="fine-tune the model to apply updated facts given in its prompt",
-        description="Build the alignment set (in-scope, out-of-scope and linguistic conversations; answers for "
-        "the latter two self-distilled from the base model) and fine-tune --model on it with TRL. The output "
+        description="Build the alignment set (in-scope, out-of-scope, linguistic and describe conversations; the "
+        "base model's own answers are self-distilled for all but in-scope) and fine-tune --model on it with TRL. The output "
         "directory is a model usable as --model/LTE_MODEL. Re-running resumes from the last checkpoint.")
     parser.add_argument("--out", help="output directory (default HOME/aligned/<model>)")
     parser.add_argument("--data", nargs="+", default=[], metavar="FILE",
@@ -27,6 +27,8 @@ def register(commands) -> None:
     parser.add_argument("--in-scope", type=int, default=data.in_scope, help="in-scope rows")
     parser.add_argument("--out-of-scope", type=int, default=data.out_of_scope, help="out-of-scope rows")
     parser.add_argument("--linguistic", type=int, default=data.linguistic, help="instruction rows")
+    parser.add_argument("--describe", type=int, default=data.describe,
+                        help="open requests about an edited subject ('Tell me about X.')")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.set_defaults(handler=run)
 
@@ -40,7 +42,7 @@ def run(args, settings) -> int:
         if not Path(path).is_file():
             raise FileNotFoundError(f"--data {path}: no such file")
     data = AlignDataConfig(in_scope=args.in_scope, out_of_scope=args.out_of_scope, linguistic=args.linguistic,
-                           seed=args.seed)
+                           describe=args.describe, seed=args.seed)
     cfg = AlignConfig(out=out, data_files=args.data, max_steps=args.max_steps, epochs=args.epochs,
                       batch_size=args.batch_size, learning_rate=args.learning_rate, lora=args.lora,
                       seed=args.seed, data=data)
