@@ -26,6 +26,7 @@ def register(commands) -> None:
     parser.add_argument("--quick", action="store_true", help="small preset: n=10, sequential (minutes)")
     parser.add_argument("--results-md", help="where to write RESULTS.md")
     parser.add_argument("--notes", help="markdown file with the reading of the results, put at the top")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     parser.set_defaults(handler=run)
 
 
@@ -36,7 +37,7 @@ def run(args, settings) -> int:
                       budget_s=args.budget, out=Path(args.out))
     if args.quick:
         cfg.ns, cfg.modes = QUICK["ns"], QUICK["modes"]
-    results = run_bench(cfg, settings, command=shlex.join(["lte"] + args.argv))
+    results = run_bench(cfg, settings, progress=not args.no_progress, command=shlex.join(["lte"] + args.argv))
     notes = Path(args.notes).read_text() if args.notes else ""
     write_reports(results, cfg, settings, ["lte"] + args.argv, notes,
                   Path(args.results_md) if args.results_md else None)
