@@ -3,7 +3,8 @@
 Two collections per named edit set:
 - `<name>-keys`: one row per retrieval key (the edit's prompt, its statement, each paraphrase) of every *current*
   edit, embedded, each pointing at its edit. Superseded edits have no keys, so a search needs no metadata filter
-  (a filtered HNSW query was 3x slower at 10k edits); restoring an edit re-embeds its keys;
+  (a filtered query was 4x slower at 10k edits); restoring an edit re-embeds its keys. Key texts live in metadata,
+  not documents: Chroma's full-text index on documents cost ~15 % of write time and nothing searches text;
 - `<name>-edits`: one row per edit holding the full record, its supersede key and status (current / superseded).
 Keys are written before the record, and search ignores keys whose record is missing, so an interrupted import never
 exposes half an edit, and re-running it completes the work (ids are content hashes: nothing is added twice).
@@ -162,7 +163,7 @@ class EditStore:
         for start in range(0, len(keys), step):
             part = keys[start:start + step]
             self.keys.upsert(ids=[k[0] for k in part], embeddings=[k[4] for k in part],
-                             documents=[k[3] for k in part], metadatas=[{"edit_id": k[1], "kind": k[2]} for k in part])
+                             metadatas=[{"edit_id": k[1], "kind": k[2], "text": k[3]} for k in part])
 
     def _write_records(self, edits: Sequence[Edit]) -> int:
         """Store the records; older edits of the same slot become history. Returns how many were superseded.
@@ -177,8 +178,7 @@ class EditStore:
         seq = time.time_ns()
         metas = [self._record_meta(e, seq + i) if winners[e.supersede_key] is e else
                  self._record_meta(e, seq + i, SUPERSEDED, winners[e.supersede_key].id) for i, e in enumerate(edits)]
-        self.records.upsert(ids=[e.id for e in edits], embeddings=[_PLACEHOLDER] * len(edits),
-                            documents=[e.statement for e in edits], metadatas=metas)
+        self.records.upsert(ids=[e.id for e in edits], embeddings=[_PLACEHOLDER] * len(edits), metadatas=metas)
         return len(stored_losers) + len(edits) - len(winners)
 
     @staticmethod
@@ -261,9 +261,8 @@ class EditStore:
             return [[] for _ in queries]
         result = self.keys.query(query_embeddings=self.embedder.encode(queries).tolist(),
                                  n_results=min(total, max(4 * k, 8)),
-                                 include=["metadatas", "distances", "documents"])
-        best_per_query = [self._best_edits(m, d, docs, k) for m, d, docs in
-                          zip(result["metadatas"], result["distances"], result["documents"])]
+                                 include=["metadatas", "distances"])
+        best_per_query = [self._best_edits(m, d, k) for m, d in zip(result["metadatas"], result["distances"])]
         records = self._records({edit_id for best in best_per_query for edit_id, _, _ in best})
         floor = self.threshold if gated else float("-inf")
         results = []
@@ -273,12 +272,12 @@ class EditStore:
         return results
 
     @staticmethod
-    def _best_edits(metadatas: list, distances: list, documents: list, k: int) -> list[tuple[str, float, str]]:
+    def _best_edits(metadatas: list, distances: list, k: int) -> list[tuple[str, float, str]]:
         best: dict[str, tuple[float, str]] = {}
-        for meta, distance, text in zip(metadatas, distances, documents):
+        for meta, distance in zip(metadatas, distances):
             score = 1.0 - float(distance)  # cosine distance → cosine similarity
             if meta["edit_id"] not in best or score > best[meta["edit_id"]][0]:
-                best[meta["edit_id"]] = (score, text)
+                best[meta["edit_id"]] = (score, meta["text"])
         ranked = sorted(best.items(), key=lambda item: -item[1][0])[: 2 * k]  # re-ranked by relevance later
         return [(edit_id, round(score, 4), text) for edit_id, (score, text) in ranked]
 
