@@ -8,7 +8,7 @@
 - hit@1 on paraphrase prompts with 1k edits stored, and how often the relevance gate passes nothing for neighbour
   prompts (same relation, other subject), plus the calibrated threshold on a separate slice.
 
-    python benchmarks/edit_store.py [--insert 10000] [--sizes 1000 10000 100000]
+    python benchmarks/edit_store.py [--insert 10000] [--sizes 1000 10000 100000] [--parts quality insert latency]
 """
 
 from __future__ import annotations
@@ -117,13 +117,18 @@ def main() -> None:
     parser.add_argument("--insert", type=int, default=10000)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--parts", nargs="+", choices=["quality", "insert", "latency"],
+                        default=["quality", "insert", "latency"])
     args = parser.parse_args()
     embedder = Embedder()
     cases = load_cases(SHARED / "counterfact-edit.json") + load_cases(SHARED / "counterfact-train.json")
     edits = [c.edit for c in cases]
-    quality(embedder, cases)
-    insertion(embedder, edits[: args.insert])
-    latency(embedder, edits, args.sizes, [c.paraphrases[0].prompt for c in cases[: args.queries]])
+    if "quality" in args.parts:
+        quality(embedder, cases)
+    if "insert" in args.parts:
+        insertion(embedder, edits[: args.insert])
+    if "latency" in args.parts:
+        latency(embedder, edits, args.sizes, [c.paraphrases[0].prompt for c in cases[: args.queries]])
 
 
 if __name__ == "__main__":
