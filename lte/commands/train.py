@@ -16,7 +16,7 @@ def register(commands) -> None:
                         "it trains on counterfactual edits sampled from lte's shipped tables.")
     ke.add_argument("--data", nargs="+", default=[], metavar="FILE", help="training datasets (training splits only)")
     ke.add_argument("--out", help="checkpoint path (default HOME/ke/<model>/ke.pt)")
-    ke.add_argument("--steps", type=int, default=1000, help="training edits (default 1000)")
+    ke.add_argument("--steps", type=int, help="training edits (default: KETrainConfig.steps, 500)")
     ke.add_argument("--dev", type=int, default=20, help="held-out cases for the curve (default 20)")
     ke.add_argument("--seed", type=int, default=0)
     ke.set_defaults(handler=run_ke)
@@ -36,8 +36,8 @@ def run_ke(args, settings) -> int:
     random.Random(args.seed).shuffle(cases)
     dev, train = cases[: args.dev], cases[args.dev:]
     out = Path(args.out) if args.out else default_checkpoint(settings.home, loaded.spec)
-    checkpoint = train_ke(loaded, train, dev, out, cfg=KETrainConfig(steps=args.steps, dev_cases=args.dev,
-                                                                       seed=args.seed))
+    cfg = KETrainConfig(steps=args.steps or KETrainConfig.steps, dev_cases=args.dev, seed=args.seed)
+    checkpoint = train_ke(loaded, train, dev, out, cfg=cfg)
     for point in checkpoint.curve:
         print(f"step {point['step']:>5}: edit success {point['edit_success']:.3f}, retain {point['retain']:.3f}, "
               f"lambda {point['lambda']}")
