@@ -1,16 +1,15 @@
 #!/usr/bin/env bash
-# Baseline figures (issues 7-9) with the shared harness on the default model. Long: hours on a 2-core CPU.
+# Baseline figures (issues 7-9) on the default model, as `lte bench` cells in OUT (so RESULTS.md picks them up).
+# Long: about two and a half hours on a 2-core CPU.
 # Usage: benchmarks/baselines.sh OUT_DIR [N_ROME] [N_GRACE] [N_KE]
 set -euo pipefail
 out=$1; n_rome=${2:-200}; n_grace=${3:-1000}; n_ke=${4:-200}
 shared=${SHARED:-$(cd "$(dirname "$0")/../.." && pwd)/shared/datasets}
-cf=$shared/counterfact_easyedit/counterfact-edit.json
 mkdir -p "$out"
-. "$(dirname "$0")/common.sh"
-python "$(dirname "$0")/rome_layers.py" --n 10 | tee "$out/rome-layers.txt"
-run eval --editor rome --dataset "$cf" --limit "$n_rome" --mode single --out "$out/rome-single.json"
-run eval --editor rome --dataset "$cf" --limit "$n_rome" --mode sequential --out "$out/rome-sequential.json"
+python "$(dirname "$0")/rome_layers.py" --layers 2 4 6 8 --n 10 | tee "$out/rome-layers.txt"
+lte bench --editors rome --datasets counterfact --modes single --n "$n_rome" --out "$out" --no-progress
+lte bench --editors rome --datasets counterfact --modes sequential --n "$n_rome" --out "$out" --no-progress
 python "$(dirname "$0")/grace_radius.py" | tee "$out/grace-radius.txt"
-run eval --editor grace --dataset "$cf" --limit "$n_grace" --mode sequential --out "$out/grace-sequential.json"
-lte train ke --data "$shared/counterfact_easyedit/counterfact-train.json" --steps 1000 | tee "$out/ke-train.txt"
-run eval --editor ke --dataset "$cf" --limit "$n_ke" --mode single --out "$out/ke-single.json"
+lte bench --editors grace --datasets counterfact --modes sequential --n "$n_grace" --budget 7200 --out "$out" --no-progress
+lte train ke --data "$shared/counterfact_easyedit/counterfact-train.json" | tee "$out/ke-train.txt"
+lte bench --editors ke --datasets counterfact --modes single --n "$n_ke" --out "$out" --no-progress
