@@ -13,7 +13,7 @@ import platform
 import shlex
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
@@ -96,7 +96,7 @@ def run_bench(cfg: BenchConfig, settings: Settings, progress: bool = True, comma
     cells_dir = cfg.out / "cells"
     cells_dir.mkdir(parents=True, exist_ok=True)
     loaded = load_model(settings.model, settings.home)
-    results: dict[str, dict] = {p.stem: json.loads(p.read_text()) for p in cells_dir.glob("*.json")}
+    results = cached_cells(cfg.out)
     for label, path in map(dataset_path, cfg.datasets):
         cases = load_cases(path)
         for editor in cfg.editors:
@@ -109,6 +109,10 @@ def run_bench(cfg: BenchConfig, settings: Settings, progress: bool = True, comma
                     results[cell.key]["command"] = command
                     (cells_dir / f"{cell.key}.json").write_text(json.dumps(results[cell.key], indent=1))
     return results
+
+
+def cached_cells(out: Path) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted((Path(out) / "cells").glob("*.json"))}
 
 
 def attempt(cell: Cell, cfg: BenchConfig, settings: Settings, loaded: LoadedModel, cases, done: dict,
@@ -227,10 +231,10 @@ def write_reports(results: dict[str, dict], cfg: BenchConfig, settings: Settings
     (cfg.out / "results.md").write_text(tables)
     plots = plot(results, cfg.out)
     header = (f"# Results\n\n{provenance(results, shlex.join(command))}\n\n"
-              f"- model: `{settings.model}`\n- machine: {platform.machine()}, {platform.processor() or 'cpu'}, "
-              f"{_cpu_count()} cores, Python {platform.python_version()}\n"
-              f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}\n"
-              f"- grid: {json.dumps({k: v for k, v in asdict(cfg).items() if k != 'out'}, default=str)}\n\n")
+              f"- model: `{settings.model}` (for `lte`; the other editors use its base model)\n"
+              f"- machine: {platform.machine()}, {platform.processor() or 'cpu'}, {_cpu_count()} cores, "
+              f"Python {platform.python_version()}\n"
+              f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}\n\n")
     target = results_md or cfg.out / "RESULTS.md"
     figures = "".join(f"![{p.stem}]({os.path.relpath(p, target.parent)})\n" for p in plots)
     target.write_text(header + (f"## Reading\n\n{notes.strip()}\n\n" if notes.strip() else "") + tables

@@ -38,6 +38,10 @@ def test_bench_writes_tables_plots_and_resumes_from_cache(tmp_path, monkeypatch,
     assert main(more) == 0  # a second grid into the same --out: the report names both commands
     report = (tmp_path / "RESULTS.md").read_text()
     assert "run one after another" in report and "--editors none context ke" in report and "--n 3" in report
+    monkeypatch.setattr(bench, "run_cell", no_rerun)
+    (tmp_path / "RESULTS.md").unlink()
+    assert main(args[:-2] + ["--n", "50", "--report-only", "--results-md", str(tmp_path / "RESULTS.md")]) == 0
+    assert "| none | toy | sequential | 3 |" in (tmp_path / "RESULTS.md").read_text()  # nothing run, all reported
 
 
 def test_cells_over_budget_are_skipped_with_the_estimate():

@@ -27,17 +27,24 @@ def register(commands) -> None:
     parser.add_argument("--results-md", help="where to write RESULTS.md")
     parser.add_argument("--notes", help="markdown file with the reading of the results, put at the top")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: write the reports from the cells already in OUT/cells")
     parser.set_defaults(handler=run)
 
 
 def run(args, settings) -> int:
-    from lte.bench import run_bench, write_reports
+    from lte.bench import cached_cells, run_bench, write_reports
 
     cfg = BenchConfig(editors=args.editors, datasets=args.datasets, modes=args.modes, ns=args.ns,
                       budget_s=args.budget, out=Path(args.out))
     if args.quick:
         cfg.ns, cfg.modes = QUICK["ns"], QUICK["modes"]
-    results = run_bench(cfg, settings, progress=not args.no_progress, command=shlex.join(["lte"] + args.argv))
+    if args.report_only:
+        results = cached_cells(cfg.out)
+        if not results:
+            raise FileNotFoundError(f"{cfg.out / 'cells'}: no cached cells to report (run lte bench first)")
+    else:
+        results = run_bench(cfg, settings, progress=not args.no_progress, command=shlex.join(["lte"] + args.argv))
     notes = Path(args.notes).read_text() if args.notes else ""
     write_reports(results, cfg, settings, ["lte"] + args.argv, notes,
                   Path(args.results_md) if args.results_md else None)
