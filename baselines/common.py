@@ -182,6 +182,22 @@ def config_from_options(config_class, options: dict):
     return config_class(**options)
 
 
+class frozen_parameters:
+    """Context manager: no gradients for the model's own parameters while an edit's vector is optimised."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def __enter__(self) -> None:
+        self.flags = [(p, p.requires_grad) for p in self.model.parameters()]
+        for p, _ in self.flags:
+            p.requires_grad_(False)
+
+    def __exit__(self, *exc) -> None:
+        for p, flag in self.flags:
+            p.requires_grad_(flag)
+
+
 class WeightBackup:
     """Copies of parameters taken before their first change; `restore` puts them back bit for bit."""
 

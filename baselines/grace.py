@@ -26,7 +26,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from baselines.common import config_from_options, decoder_layers, prefix_cached_batch, rendered
+from baselines.common import (config_from_options, decoder_layers, frozen_parameters, prefix_cached_batch,
+                              rendered)
 from lte.editor import ModelEditor
 from lte.models import LoadedModel
 from lte.schema import Edit
@@ -184,31 +185,27 @@ class GRACEEditor(ModelEditor):
         wanted = torch.tensor(targets, device=self.loaded.model.device)
         with torch.no_grad():  # last_inputs: the full prompt+answer pass of `answer_keys`
             start = adaptor.inner(adaptor.last_inputs)[0, positions]
-        frozen = [(p, p.requires_grad) for p in self.loaded.model.parameters()]
-        for p, _ in frozen:
-            p.requires_grad_(False)
-        adaptor.enabled = False  # the prefix runs as in training: no codebook, nothing forced
-        try:
-            batch = prefix_cached_batch(self.loaded.model, self.loaded.tokenizer, texts, answers, positions[:1])
-        finally:
-            adaptor.enabled = True
-        relative = [i - positions[0] for i in positions]
-        values = start.clone().requires_grad_(True)
-        optimizer = torch.optim.Adam([values], lr=self.cfg.value_lr)
-        try:
-            for _ in range(self.cfg.value_steps):
-                adaptor.forced = (relative, values)
-                logits = batch.logits(self.loaded.model)[0, batch.target.target_positions[0]].float()
-                if bool((logits.argmax(-1) == wanted).all()):
-                    break
-                loss = nn.functional.cross_entropy(logits, wanted)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-        finally:
-            adaptor.forced = None
-            for p, flag in frozen:
-                p.requires_grad_(flag)
+        with frozen_parameters(self.loaded.model):
+            adaptor.enabled = False  # the prefix runs as in training: no codebook, nothing forced
+            try:
+                batch = prefix_cached_batch(self.loaded.model, self.loaded.tokenizer, texts, answers, positions[:1])
+            finally:
+                adaptor.enabled = True
+            relative = [i - positions[0] for i in positions]
+            values = start.clone().requires_grad_(True)
+            optimizer = torch.optim.Adam([values], lr=self.cfg.value_lr)
+            try:
+                for _ in range(self.cfg.value_steps):
+                    adaptor.forced = (relative, values)
+                    logits = batch.logits(self.loaded.model)[0, batch.target.target_positions[0]].float()
+                    if bool((logits.argmax(-1) == wanted).all()):
+                        break
+                    loss = nn.functional.cross_entropy(logits, wanted)
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+            finally:
+                adaptor.forced = None
         return values.detach()
 
 

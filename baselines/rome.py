@@ -25,6 +25,7 @@ from baselines.common import (
     WeightBackup,
     config_from_options,
     decoder_layers,
+    frozen_parameters,
     mlp_projection,
     prefix_cached_batch,
     rendered,
@@ -186,7 +187,7 @@ def compute_value_delta(loaded: LoadedModel, projection: Projection, edit: Edit,
 
     optimizer = torch.optim.Adam([delta], lr=cfg.v_lr)
     nll, step = float("inf"), 0
-    with _frozen(model):
+    with frozen_parameters(model):
         batch = prefix_cached_batch(model, tokenizer, texts, targets, pivots)
         kl_pos = batch.target.target_positions[kl_row][0]
         handle = projection.module.register_forward_hook(add_delta)
@@ -227,22 +228,6 @@ def apply_update(projection: Projection, key: torch.Tensor, delta: torch.Tensor,
     left = (cinv_key / denominator).float()
     projection.add_rank_one(delta, left)
     return denominator, float(delta.norm() * left.norm())
-
-
-class _frozen:
-    """Context manager: no gradients for the model's own parameters while δ is optimised."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def __enter__(self):
-        self.flags = [(p, p.requires_grad) for p in self.model.parameters()]
-        for p, _ in self.flags:
-            p.requires_grad_(False)
-
-    def __exit__(self, *exc):
-        for p, flag in self.flags:
-            p.requires_grad_(flag)
 
 
 # ---------------------------------------------------------------- the editor
