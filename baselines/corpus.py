@@ -8,7 +8,7 @@ import random
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from lte_data import data_path
+from lte_data import data_lines, data_path
 
 from lte import prompting
 from lte.models import LoadedModel
@@ -49,7 +49,7 @@ def _source_texts(sources: Sequence[str]) -> Iterator[str]:
 
 
 def _model_texts(loaded: LoadedModel, tokens: int, seed: int, length: int = 96) -> Iterator[str]:
-    instructions = [line.strip() for line in data_path("instructions.txt").read_text().splitlines() if line.strip()]
+    instructions = data_lines("instructions.txt")
     entities = [f"Tell me about {line}." for line in _entity_names()]
     requests = instructions + entities
     random.Random(seed).shuffle(requests)

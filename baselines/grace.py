@@ -231,10 +231,10 @@ def update_codebook(codebook: Codebook, key: torch.Tensor, value: torch.Tensor, 
 def calibrate_radius(editor: GRACEEditor, quantile: float, prompts: Sequence[str] | None = None) -> dict:
     """ε_init from the model's own keys: the `quantile` of nearest-neighbour distances between the last-token keys
     of different prompts, halved. Returns the distribution summary (for reports) and stores nothing."""
-    from lte_data import data_path
+    from lte_data import data_lines
 
     if prompts is None:
-        prompts = [line.strip() for line in data_path("instructions.txt").read_text().splitlines() if line.strip()]
+        prompts = data_lines("instructions.txt")
     adaptor = editor.ensure_adaptor()
     keys = []
     adaptor.enabled = False

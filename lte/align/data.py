@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from lte_data import data_path
+from lte_data import data_lines, data_path
 from tqdm.auto import tqdm
 
 from lte import prompting
@@ -91,10 +91,6 @@ def table_cases(n: int, rng: random.Random) -> list[EditCase]:
     return cases
 
 
-def shipped_lines(name: str) -> list[str]:
-    return [line.strip() for line in data_path(name).read_text().splitlines() if line.strip()]
-
-
 # ---------------------------------------------------------------- rows
 
 def facts_with(relevant: str | None, pool: Sequence[EditCase], cfg: AlignDataConfig, rng: random.Random) -> tuple:
@@ -129,12 +125,12 @@ def out_of_scope_rows(cases: Sequence[EditCase], cfg: AlignDataConfig, rng: rand
 
 
 def linguistic_rows(cases: Sequence[EditCase], cfg: AlignDataConfig, rng: random.Random) -> list[Row]:
-    pool = shipped_lines("instructions.txt")
+    pool = data_lines("instructions.txt")
     return [Row("linguistic", rng.choice(pool), facts_with(None, cases, cfg, rng)) for _ in range(cfg.linguistic)]
 
 
 def describe_rows(cases: Sequence[EditCase], cfg: AlignDataConfig, rng: random.Random) -> list[Row]:
-    requests = shipped_lines("about.txt")
+    requests = data_lines("about.txt")
     rows = []
     for _ in range(cfg.describe):
         case = rng.choice(cases)
