@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lte.editor import Editor, Query
-from lte.metrics import FacetTally, contains_answer, ngram_entropy
+from lte.metrics import FacetTally, contains_answer, ngram_entropy, normalize
 from lte.schema import FACETS, EditCase
 
 MODES = ("single", "batch", "sequential")
@@ -86,13 +86,15 @@ class Tallies:
 # ---------------------------------------------------------------- building probes
 
 def locality_references(reference: Editor, cases: Sequence[EditCase], cfg: EvalConfig) -> dict[tuple[int, int], str]:
-    """The unedited base model's own greedy answer to every locality prompt, keyed by (case, probe)."""
+    """The unedited base model's own greedy answer to every locality prompt, keyed by (case, probe). Answers with
+    no words (empty, or only punctuation such as ':') are dropped: gen_acc matching ignores punctuation, so no
+    generation could ever match them and they would count as failures for every editor, the unedited one too."""
     keys = [(c, p) for c, case in enumerate(cases) for p in range(len(case.locality))]
     queries = [Query(cases[c].locality[p].prompt) for c, p in keys]
     answers = reference.generate(queries, cfg.max_new_tokens) if queries else []
     # Keep the answer's own leading space: it is scored token for token as the model produced it.
     first_lines = [a.split("\n")[0].rstrip() for a in answers]
-    return {key: text for key, text in zip(keys, first_lines) if text.strip()}
+    return {key: text for key, text in zip(keys, first_lines) if normalize(text)}
 
 
 def case_items(case: EditCase, index: int, references: dict[tuple[int, int], str]) -> list[Item]:

@@ -49,6 +49,26 @@ def test_limit_and_reproducibility(tiny):
     assert a["n_cases"] == 2 and a["metrics"] == b["metrics"]
 
 
+class ScriptedReference(UneditedEditor):
+    """Answers every prompt from a fixed list, to check which base answers become locality references."""
+
+    def __init__(self, answers):
+        self.answers = answers
+
+    def generate(self, queries, max_new_tokens):
+        return self.answers[: len(queries)]
+
+
+def test_locality_references_without_words_are_dropped():
+    from lte.harness import locality_references
+
+    case = make_cases(1)[0]
+    cases = [EditCase.from_edits("0", case.edits, locality=[Probe(f"Prompt {i}") for i in range(4)])]
+    refs = locality_references(ScriptedReference([" Paris.\nMore", ":", " . ", ""]), cases, EvalConfig())
+    # ':' can never be matched (matching strips punctuation), so it is not a probe for anyone.
+    assert refs == {(0, 0): " Paris."}
+
+
 def test_bad_mode_is_rejected():
     with pytest.raises(ValueError, match="mode 'parallel'"):
         EvalConfig(mode="parallel")
