@@ -20,7 +20,7 @@ from typing import Sequence
 
 from lte.datasets import load_cases
 from lte.editors import build_editor
-from lte.harness import EvalConfig, evaluate
+from lte.harness import HARNESS_VERSION, EvalConfig, evaluate
 from lte.models import LoadedModel, load_model
 from lte.schema import FACETS
 from lte.settings import Settings
@@ -112,7 +112,14 @@ def run_bench(cfg: BenchConfig, settings: Settings, progress: bool = True, comma
 
 
 def cached_cells(out: Path) -> dict[str, dict]:
-    return {p.stem: json.loads(p.read_text()) for p in sorted((Path(out) / "cells").glob("*.json"))}
+    """Finished cells under OUT/cells measured by this version of the harness (older ones are re-run)."""
+    cells = {p.stem: json.loads(p.read_text()) for p in sorted((Path(out) / "cells").glob("*.json"))}
+    return {key: cell for key, cell in cells.items() if is_current(cell)}
+
+
+def is_current(cell: dict) -> bool:
+    """Skipped cells carry no metrics, so they stay valid; measured ones must come from this harness."""
+    return "metrics" not in cell or cell.get("harness_version") == HARNESS_VERSION
 
 
 def attempt(cell: Cell, cfg: BenchConfig, settings: Settings, loaded: LoadedModel, cases, done: dict,

@@ -21,6 +21,9 @@ from lte.metrics import FacetTally, contains_answer, ngram_entropy, normalize
 from lte.schema import FACETS, EditCase
 
 MODES = ("single", "batch", "sequential")
+# Bumped whenever a change alters what a metric measures, so cached results from older harnesses are not mixed
+# with new ones. 2: locality references without words are dropped.
+HARNESS_VERSION = 2
 
 
 @dataclass
@@ -209,7 +212,7 @@ def evaluate(editor: Editor, cases: Sequence[EditCase], reference: Editor, cfg: 
     clock = Clock()
     result = RUNNERS[cfg.mode](editor, cases, refs, cfg, clock)
     return {"editor": editor.name, "model": editor.model_name, "dataset": dataset, "mode": cfg.mode,
-            "n_cases": len(cases), **result, "timing": clock.summary()}
+            "n_cases": len(cases), **result, "timing": clock.summary(), "harness_version": HARNESS_VERSION}
 
 
 def format_table(report: dict) -> str:

@@ -36,8 +36,15 @@ def target_ids(tokenizer: PreTrainedTokenizerBase, prompt: str, target: str) -> 
     return prompt_ids, tokenizer(target, add_special_tokens=False)["input_ids"]
 
 
+def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (longest first), so little compute goes to padding."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
 class ModelRunner:
-    """Runs a model on rendered prompts. Scoring pads on the right, generation on the left."""
+    """Runs a model on rendered prompts, batching similar lengths together; results come back in input order.
+    Scoring pads on the right, generation on the left."""
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int = 16):
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
@@ -50,9 +57,10 @@ class ModelRunner:
     @torch.no_grad()
     def score(self, prompts: Sequence[str], targets: Sequence[str]) -> list[TargetScore]:
         pairs = [target_ids(self.tokenizer, p, t) for p, t in zip(prompts, targets)]
-        scores: list[TargetScore] = []
-        for start in range(0, len(pairs), self.batch_size):
-            scores.extend(self._score_batch(pairs[start:start + self.batch_size]))
+        scores: list[TargetScore | None] = [None] * len(pairs)
+        for rows in length_batches([len(p) + len(t) for p, t in pairs], self.batch_size):
+            for row, score in zip(rows, self._score_batch([pairs[i] for i in rows])):
+                scores[row] = score
         return scores
 
     def _score_batch(self, pairs: list[tuple[list[int], list[int]]]) -> list[TargetScore]:
@@ -85,12 +93,14 @@ class ModelRunner:
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
-        texts: list[str] = []
-        for start in range(0, len(prompts), self.batch_size):
-            batch = self.tokenizer(list(prompts[start:start + self.batch_size]), add_special_tokens=False,
+        lengths = [len(ids) for ids in self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
+        texts: list[str] = [""] * len(prompts)
+        for rows in length_batches(lengths, self.batch_size):
+            batch = self.tokenizer([prompts[i] for i in rows], add_special_tokens=False,
                                    padding=True, padding_side="left", return_tensors="pt").to(self.device)
             output = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
                                          pad_token_id=self.tokenizer.pad_token_id)
             new_tokens = output[:, batch["input_ids"].shape[1]:]
-            texts.extend(self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+            for row, text in zip(rows, self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
+                texts[row] = text
         return texts

@@ -50,3 +50,14 @@ def test_cells_over_budget_are_skipped_with_the_estimate():
     assert bench.estimate_seconds(cell, done) == 10000.0
     result = bench.attempt(cell, bench.BenchConfig(budget_s=600), None, None, [], done, progress=False)
     assert result["skipped"].startswith("estimated 10000 s > budget 600 s")
+
+
+def test_cells_from_an_older_harness_are_not_reused(tmp_path):
+    cells = tmp_path / "cells"
+    cells.mkdir()
+    old = {"editor": "none", "n_cases": 1, "metrics": {}, "harness_version": bench.HARNESS_VERSION - 1}
+    current = {**old, "harness_version": bench.HARNESS_VERSION}
+    skipped = {"editor": "ke", "n_cases": 1, "skipped": "no checkpoint"}
+    for name, cell in {"old": old, "current": current, "skipped": skipped}.items():
+        (cells / f"{name}.json").write_text(json.dumps(cell))
+    assert set(bench.cached_cells(tmp_path)) == {"current", "skipped"}
