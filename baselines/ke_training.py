@@ -50,7 +50,7 @@ class KETrainConfig:
     lambda_init: float = 1.0
     lambda_lr: float = 1e-2
     margin: float = 0.01
-    unrelated: int = 4
+    unrelated: int = 2
     retain_tokens: int = 4
     dev_cases: int = 20
     eval_every: int = 50
