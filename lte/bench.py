@@ -90,29 +90,55 @@ def run_cell(cell: Cell, settings: Settings, loaded: LoadedModel, cases, progres
     return report
 
 
+def grid(cfg: BenchConfig):
+    """Every (cell, its dataset's cases) of the grid, datasets loaded once each; n is capped at the dataset size."""
+    for label, path in map(dataset_path, cfg.datasets):
+        cases = load_cases(path)
+        for editor in cfg.editors:
+            for mode in cfg.modes:
+                for n in sorted({min(n, len(cases)) for n in cfg.ns}):
+                    yield Cell(editor, label, mode, n), cases
+
+
 def run_bench(cfg: BenchConfig, settings: Settings, progress: bool = True, command: str = "") -> dict[str, dict]:
-    """Run every missing cell of the grid; cells already in OUT/cells (from this or an earlier command) are kept.
+    """Run every missing cell of the grid; measured cells already in OUT/cells (from this or an earlier command)
+    are kept, skipped ones are tried again (a KE checkpoint may exist now, the budget may be larger).
     Each new cell records `command`, so a report built from several runs says which run made which cell."""
     cells_dir = cfg.out / "cells"
     cells_dir.mkdir(parents=True, exist_ok=True)
     loaded = load_model(settings.model, settings.home)
     results = cached_cells(cfg.out)
-    for label, path in map(dataset_path, cfg.datasets):
-        cases = load_cases(path)
-        for editor in cfg.editors:
-            for mode in cfg.modes:
-                for n in sorted(cfg.ns):
-                    cell = Cell(editor, label, mode, min(n, len(cases)))
-                    if cell.key in results:
-                        continue  # cached: an interrupted bench continues where it stopped
-                    results[cell.key] = attempt(cell, cfg, settings, loaded, cases, results, progress)
-                    results[cell.key]["command"] = command
-                    (cells_dir / f"{cell.key}.json").write_text(json.dumps(results[cell.key], indent=1))
+    for cell, cases in grid(cfg):
+        if "metrics" in results.get(cell.key, {}):
+            continue  # cached: an interrupted bench continues where it stopped
+        results[cell.key] = attempt(cell, cfg, settings, loaded, cases, results, progress)
+        results[cell.key]["command"] = command
+        (cells_dir / f"{cell.key}.json").write_text(json.dumps(results[cell.key], indent=1))
     return results
 
 
+def plan(cfg: BenchConfig) -> list[tuple[Cell, str, float]]:
+    """What a run of the grid would do, cell by cell, with the seconds each would take: cached cells cost nothing;
+    others are extrapolated from the same editor's largest finished cell (nan when there is none yet)."""
+    done = cached_cells(cfg.out)
+    rows = []
+    for cell, _ in grid(cfg):
+        if "metrics" in done.get(cell.key, {}):
+            rows.append((cell, "cached", 0.0))
+            continue
+        estimate = estimate_seconds(cell, done)
+        if estimate is None:
+            rows.append((cell, "run (no estimate yet)", float("nan")))
+        elif estimate > cfg.budget_s:
+            rows.append((cell, "skip: over budget", estimate))
+        else:
+            rows.append((cell, "run", estimate))
+    return rows
+
+
 def cached_cells(out: Path) -> dict[str, dict]:
-    """Finished cells under OUT/cells measured by this version of the harness (older ones are re-run)."""
+    """Cells under OUT/cells: skipped ones, and measured ones from this version of the harness (older ones are
+    left out, so they are run again)."""
     cells = {p.stem: json.loads(p.read_text()) for p in sorted((Path(out) / "cells").glob("*.json"))}
     return {key: cell for key, cell in cells.items() if is_current(cell)}
 

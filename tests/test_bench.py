@@ -27,11 +27,13 @@ def test_bench_writes_tables_plots_and_resumes_from_cache(tmp_path, monkeypatch,
     assert (out / "quality-toy.png").is_file() and (out / "scale-toy.png").is_file()
     capsys.readouterr()
 
-    def no_rerun(*args, **kwargs):
-        raise AssertionError("a cached cell was run again")
+    def no_rerun(cell, *args, **kwargs):
+        if cell.editor != "ke":  # skipped cells are tried again (a checkpoint may exist by now)
+            raise AssertionError("a cached cell was run again")
+        raise FileNotFoundError("ke: still no checkpoint; train ke first")
 
     monkeypatch.setattr(bench, "run_cell", no_rerun)
-    assert main(args) == 0  # every cell cached
+    assert main(args) == 0  # every measured cell cached
     monkeypatch.undo()
     more = ["--model", "tiny-random", "bench", "--editors", "none", "--datasets", f"toy={data}", "--n", "3",
             "--out", str(out), "--results-md", str(tmp_path / "RESULTS.md")]
@@ -42,6 +44,10 @@ def test_bench_writes_tables_plots_and_resumes_from_cache(tmp_path, monkeypatch,
     (tmp_path / "RESULTS.md").unlink()
     assert main(args[:-2] + ["--n", "50", "--report-only", "--results-md", str(tmp_path / "RESULTS.md")]) == 0
     assert "| none | toy | sequential | 3 |" in (tmp_path / "RESULTS.md").read_text()  # nothing run, all reported
+    capsys.readouterr()
+    assert main(args[:-2] + ["--n", "1", "3", "30", "--plan"]) == 0  # n=30 is capped to the 3 cases: one cell
+    plan = capsys.readouterr().out
+    assert plan.count("none          toy") == 2 and "cached" in plan and "train ke" not in plan
 
 
 def test_cells_over_budget_are_skipped_with_the_estimate():

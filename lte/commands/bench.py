@@ -29,6 +29,9 @@ def register(commands) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: write the reports from the cells already in OUT/cells")
+    parser.add_argument("--plan", action="store_true",
+                        help="run nothing: list each cell as cached, to run (with the seconds extrapolated from the "
+                        "editor's finished cells) or over budget, and the total")
     parser.set_defaults(handler=run)
 
 
@@ -39,6 +42,8 @@ def run(args, settings) -> int:
                       budget_s=args.budget, out=Path(args.out))
     if args.quick:
         cfg.ns, cfg.modes = QUICK["ns"], QUICK["modes"]
+    if args.plan:
+        return print_plan(cfg)
     if args.report_only:
         results = cached_cells(cfg.out)
         if not results:
@@ -49,4 +54,20 @@ def run(args, settings) -> int:
     write_reports(results, cfg, settings, ["lte"] + args.argv, notes,
                   Path(args.results_md) if args.results_md else None)
     print((cfg.out / "results.md").read_text())
+    return 0
+
+
+def print_plan(cfg) -> int:
+    from lte.bench import plan
+
+    rows = plan(cfg)
+    print(f"{'editor':<14}{'dataset':<14}{'mode':<11}{'n':>6}  {'action':<22}{'est. s':>9}")
+    for cell, action, seconds in rows:
+        print(f"{cell.editor:<14}{cell.dataset:<14}{cell.mode:<11}{cell.n:>6}  {action:<22}{seconds:>9.0f}")
+    runs = [s for _, action, s in rows if action.startswith("run")]
+    known = sum(s for s in runs if s == s)  # nan: no estimate yet
+    unknown = sum(1 for s in runs if s != s)
+    print(f"\n{len(runs)} cells to run: about {known / 3600:.1f} h"
+          + (f" plus {unknown} without an estimate" if unknown else "")
+          + f"; {sum(1 for _, a, _ in rows if a.startswith('skip'))} over the {cfg.budget_s:.0f} s budget")
     return 0
