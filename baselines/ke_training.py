@@ -144,13 +144,19 @@ def train_ke(loaded: LoadedModel, train: Sequence[EditCase], dev: Sequence[EditC
     return checkpoint
 
 
+def edited_weights(loaded, hyper, params, predictor, edit, model_cfg: KEConfig) -> dict[str, torch.Tensor]:
+    """W + ΔW for each edited matrix, ΔW predicted by the hypernetwork for `edit` (differentiable in it)."""
+    prediction = predictor.generate([Query(edit.prompt)], model_cfg.prediction_tokens)[0]
+    with torch.enable_grad():
+        gradients = edit_gradients(loaded, edit, params)
+    updates = hyper(condition_embeddings(loaded, edit, prediction), gradients)
+    return {name: params[name] + delta for name, delta in updates.items()}
+
+
 def ke_losses(loaded, hyper, params, predictor, case: EditCase, unrelated: list[str], model_cfg: KEConfig,
               retain_tokens: int):
     edit = case.edit
-    prediction = predictor.generate([Query(edit.prompt)], model_cfg.prediction_tokens)[0]
-    gradients = edit_gradients(loaded, edit, params)
-    updates = hyper(condition_embeddings(loaded, edit, prediction), gradients)
-    overrides = {name: params[name] + delta for name, delta in updates.items()}
+    overrides = edited_weights(loaded, hyper, params, predictor, edit, model_cfg)
     prompts = [edit.prompt] + [p.prompt for p in case.paraphrases[:1]]
     loss_edit = edit_loss(loaded, prompts, edit.target_new, overrides)
     return loss_edit, retain_kl(loaded, predictor, unrelated, retain_tokens, overrides)
@@ -164,11 +170,7 @@ def dev_scores(loaded, hyper, params, predictor, dev: Sequence[EditCase], model_
     success, retain = [], []
     for index, case in enumerate(dev):
         edit = case.edit
-        prediction = predictor.generate([Query(edit.prompt)], model_cfg.prediction_tokens)[0]
-        with torch.enable_grad():
-            gradients = edit_gradients(loaded, edit, params)
-        updates = hyper(condition_embeddings(loaded, edit, prediction), gradients)
-        overrides = {name: params[name] + delta for name, delta in updates.items()}
+        overrides = edited_weights(loaded, hyper, params, predictor, edit, model_cfg)
         texts, targets = rendered(loaded.tokenizer, [edit.prompt], edit.target_new)
         batch = target_batch(loaded.tokenizer, texts, targets, loaded.model.device)
         logits = functional_call(loaded.model, overrides, args=(),
