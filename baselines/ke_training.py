@@ -38,13 +38,13 @@ from lte.schema import EditCase
 
 @dataclass
 class KETrainConfig:
-    """steps: training edits seen (500: ~3.3 s each for the default model on one CPU core next to other work, so
-    under 30 minutes). lr: hypernetwork Adam rate; clip_norm: its gradient-norm clip (single-edit steps are noisy).
+    """steps: training edits seen (250: the dev curve is flat after ~200 steps, results/ke-train.txt; a step of the
+    default model took 7.3 s with three jobs sharing the 2-core machine, so ~30 minutes even when busy). lr: hypernetwork Adam rate; clip_norm: its gradient-norm clip (single-edit steps are noisy).
     lambda_init: the multiplier's starting value; lambda_lr: its ascent rate. margin: allowed mean KL per answer
     token on unrelated prompts; unrelated: prompts per step; retain_tokens: base answer tokens the KL covers.
     dev_cases / eval_every: the curve. save_every: checkpoint period."""
 
-    steps: int = 500
+    steps: int = 250
     lr: float = 1e-3
     clip_norm: float = 1.0
     lambda_init: float = 1.0

@@ -16,7 +16,7 @@ def register(commands) -> None:
                         "it trains on counterfactual edits sampled from lte's shipped tables.")
     ke.add_argument("--data", nargs="+", default=[], metavar="FILE", help="training datasets (training splits only)")
     ke.add_argument("--out", help="checkpoint path (default HOME/ke/<model>/ke.pt)")
-    ke.add_argument("--steps", type=int, help="training edits (default: KETrainConfig.steps, 500)")
+    ke.add_argument("--steps", type=int, help="training edits (default: KETrainConfig.steps, 250)")
     ke.add_argument("--dev", type=int, default=20, help="held-out cases for the curve (default 20)")
     ke.add_argument("--seed", type=int, default=0)
     ke.set_defaults(handler=run_ke)
