@@ -132,6 +132,9 @@ class GRACEEditor(ModelEditor):
             self.layer.mlp = self.adaptor
         return self.adaptor
 
+    def stats(self) -> dict:
+        return {"codebook_entries": len(self.adaptor.codebook) if self.adaptor else 0}
+
     def restore(self) -> None:
         """Unwrap: the original MLP module is put back, untouched."""
         if self.adaptor is not None:

@@ -51,6 +51,10 @@ class Editor(ABC):
     def model_name(self) -> str:
         """The model answering, for reports."""
 
+    def stats(self) -> dict:
+        """Sizes worth reporting with the edits applied (e.g. GRACE's codebook entries); none by default."""
+        return {}
+
 
 class ModelEditor(Editor):
     """An editor answering with one causal LM; subclasses override `apply`/`restore` and/or `facts_for`."""

@@ -174,8 +174,9 @@ def run_batch(editor: Editor, cases: Sequence[EditCase], refs: dict, cfg: EvalCo
     clock.edit_s += time.perf_counter() - start
     clock.edits += sum(len(case.edits) for case in cases)
     tallies = _score_all(editor, cases, refs, cfg, clock, desc="batch: scoring")
+    stats = editor.stats()
     editor.restore()
-    return {"metrics": tallies.summary()}
+    return {"metrics": tallies.summary(), "editor_stats": stats}
 
 
 def run_sequential(editor: Editor, cases: Sequence[EditCase], refs: dict, cfg: EvalConfig, clock: Clock) -> dict:
@@ -185,8 +186,9 @@ def run_sequential(editor: Editor, cases: Sequence[EditCase], refs: dict, cfg: E
         rewrite = [item for item in case_items(case, index, refs) if item.facet == "reliability"]
         score_items(editor, rewrite, cfg, immediate, Clock())
     tallies = _score_all(editor, cases, refs, cfg, clock, desc="sequential: scoring")
+    stats = editor.stats()
     editor.restore()
-    return {"metrics": tallies.summary(), "metrics_immediate": immediate.summary()}
+    return {"metrics": tallies.summary(), "metrics_immediate": immediate.summary(), "editor_stats": stats}
 
 
 def _score_all(editor: Editor, cases: Sequence[EditCase], refs: dict, cfg: EvalConfig, clock: Clock,

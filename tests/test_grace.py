@@ -38,6 +38,7 @@ def test_edit_is_generated_freely_and_nothing_changes_outside_the_radius(grace):
     before = editor.generate(unrelated, 5), editor.score(unrelated, ["x", "y"])
     editor.apply([edit])
     assert len(editor.adaptor.codebook) >= 2  # one entry per answer token
+    assert editor.stats() == {"codebook_entries": len(editor.adaptor.codebook)}
     assert editor.generate([Query(edit.prompt)], 8)[0].strip().startswith("Goa Velha")
     assert editor.score([Query(edit.prompt)], [edit.target_new])[0].token_acc == 1.0
     assert (editor.generate(unrelated, 5), editor.score(unrelated, ["x", "y"])) == before

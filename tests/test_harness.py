@@ -29,6 +29,7 @@ def test_report_shape_and_locality_of_the_unedited_model_is_perfect(tiny, mode):
     assert metrics["locality"]["token_acc"] == 1.0 and metrics["locality"]["gen_acc"] == 1.0
     assert set(report["timing"]) == {"edit_s", "query_s", "peak_rss_mb"}
     assert ("metrics_immediate" in report) == (mode == "sequential")
+    assert report.get("editor_stats", {}) == {}  # the unedited model has nothing to report
     assert "reliability" in format_table(report)
 
 
