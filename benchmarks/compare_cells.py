@@ -35,6 +35,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, help="only cells of this size")
     args = parser.parse_args()
     old, new = load(args.old, args.n), load(args.new, args.n)
+    for label, cells in (("old", old), ("new", new)):  # locality changed meaning in harness version 2
+        versions = sorted({c.get("harness_version", 1) for c in cells.values()})
+        print(f"{label}: {args.old if label == 'old' else args.new}, {len(cells)} cells, harness version {versions}")
     worst: dict[str, float] = {}
     print(f"{'cell (old→new)':<40}" + "".join(f"{f[:12]:>14}" for f in FACETS + ("fluency",)))
     for key in sorted(set(old) & set(new)):
