@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shlex
 from pathlib import Path
 
@@ -64,9 +65,9 @@ def print_plan(cfg) -> int:
     print(f"{'editor':<14}{'dataset':<14}{'mode':<11}{'n':>6}  {'action':<22}{'est. s':>9}")
     for cell, action, seconds in rows:
         print(f"{cell.editor:<14}{cell.dataset:<14}{cell.mode:<11}{cell.n:>6}  {action:<22}{seconds:>9.0f}")
-    runs = [s for _, action, s in rows if action.startswith("run")]
-    known = sum(s for s in runs if s == s)  # nan: no estimate yet
-    unknown = sum(1 for s in runs if s != s)
+    runs = [seconds for _, action, seconds in rows if action.startswith("run")]
+    known = sum(seconds for seconds in runs if not math.isnan(seconds))  # nan: no estimate yet
+    unknown = sum(1 for seconds in runs if math.isnan(seconds))
     print(f"\n{len(runs)} cells to run: about {known / 3600:.1f} h"
           + (f" plus {unknown} without an estimate" if unknown else "")
           + f"; {sum(1 for _, a, _ in rows if a.startswith('skip'))} over the {cfg.budget_s:.0f} s budget")
