@@ -20,7 +20,7 @@ from typing import Sequence
 
 from lte.datasets import load_cases
 from lte.editors import build_editor
-from lte.harness import HARNESS_VERSION, EvalConfig, evaluate
+from lte.harness import HARNESS_VERSION, EvalConfig, evaluate, locality_references
 from lte.models import LoadedModel, load_model
 from lte.schema import FACETS
 from lte.settings import Settings
@@ -79,13 +79,20 @@ def estimate_seconds(cell: Cell, done: dict[str, dict]) -> float | None:
     return largest["wall_s"] * cell.n / max(largest["n_cases"], 1)
 
 
-def run_cell(cell: Cell, settings: Settings, loaded: LoadedModel, cases, progress: bool) -> dict:
+def run_cell(cell: Cell, settings: Settings, loaded: LoadedModel, cases, progress: bool,
+             shared_references: dict) -> dict:
+    """One cell. The base model's locality references depend only on (dataset, n), so the first cell that needs
+    them computes them and later editors reuse them (same references for every editor, by construction)."""
     start = time.time()
     editor = build_editor(cell.editor, settings, loaded)
     reference_model = loaded if loaded.base_spec == loaded.spec else load_model(loaded.base_spec, settings.home)
     reference = build_editor("none", settings, reference_model)
-    report = evaluate(editor, cases[: cell.n], reference, EvalConfig(mode=cell.mode, progress=progress),
-                      dataset=cell.dataset)
+    cfg = EvalConfig(mode=cell.mode, progress=progress)
+    key = (cell.dataset, cell.n)
+    if key not in shared_references:
+        shared_references[key] = locality_references(reference, cases[: cell.n], cfg)
+    report = evaluate(editor, cases[: cell.n], reference, cfg, dataset=cell.dataset,
+                      references=shared_references[key])
     report["wall_s"] = round(time.time() - start, 1)
     return report
 
@@ -108,10 +115,11 @@ def run_bench(cfg: BenchConfig, settings: Settings, progress: bool = True, comma
     cells_dir.mkdir(parents=True, exist_ok=True)
     loaded = load_model(settings.model, settings.home)
     results = cached_cells(cfg.out)
+    shared_references: dict = {}
     for cell, cases in grid(cfg):
         if "metrics" in results.get(cell.key, {}):
             continue  # cached: an interrupted bench continues where it stopped
-        results[cell.key] = attempt(cell, cfg, settings, loaded, cases, results, progress)
+        results[cell.key] = attempt(cell, cfg, settings, loaded, cases, results, progress, shared_references)
         results[cell.key]["command"] = command
         (cells_dir / f"{cell.key}.json").write_text(json.dumps(results[cell.key], indent=1))
     return results
@@ -149,13 +157,13 @@ def is_current(cell: dict) -> bool:
 
 
 def attempt(cell: Cell, cfg: BenchConfig, settings: Settings, loaded: LoadedModel, cases, done: dict,
-            progress: bool) -> dict:
+            progress: bool, shared_references: dict) -> dict:
     base = {"editor": cell.editor, "dataset": cell.dataset, "mode": cell.mode, "n_cases": cell.n}
     estimate = estimate_seconds(cell, done)
     if estimate is not None and estimate > cfg.budget_s:
         return {**base, "skipped": f"estimated {estimate:.0f} s > budget {cfg.budget_s:.0f} s"}
     try:
-        return run_cell(cell, settings, loaded, cases, progress)
+        return run_cell(cell, settings, loaded, cases, progress, shared_references)
     except (FileNotFoundError, ValueError) as error:  # e.g. no KE checkpoint, a subject the prompt lacks
         return {**base, "skipped": str(error).splitlines()[0]}
     except Exception as error:  # noqa: BLE001 - one broken cell must not lose the others

@@ -206,11 +206,12 @@ RUNNERS: dict[str, Callable[..., dict]] = {"single": run_single, "batch": run_ba
 
 
 def evaluate(editor: Editor, cases: Sequence[EditCase], reference: Editor, cfg: EvalConfig,
-             dataset: str = "") -> dict:
-    """Run one evaluation and return the report (see README for its JSON shape)."""
+             dataset: str = "", references: dict[tuple[int, int], str] | None = None) -> dict:
+    """Run one evaluation and return the report (see README for its JSON shape). `references`: locality
+    references already computed by `locality_references` for these cases (a bench shares them between editors)."""
     torch.manual_seed(cfg.seed)
     cases = list(cases[: cfg.limit] if cfg.limit else cases)
-    refs = locality_references(reference, cases, cfg)
+    refs = references if references is not None else locality_references(reference, cases, cfg)
     clock = Clock()
     result = RUNNERS[cfg.mode](editor, cases, refs, cfg, clock)
     return {"editor": editor.name, "model": editor.model_name, "dataset": dataset, "mode": cfg.mode,

@@ -1,6 +1,7 @@
 import json
 
 import lte.bench as bench
+from lte.settings import Settings
 from lte.cli import main
 
 
@@ -54,7 +55,8 @@ def test_cells_over_budget_are_skipped_with_the_estimate():
     done = {"a": {"editor": "rome", "n_cases": 10, "wall_s": 100.0}}
     cell = bench.Cell("rome", "cf", "sequential", 1000)
     assert bench.estimate_seconds(cell, done) == 10000.0
-    result = bench.attempt(cell, bench.BenchConfig(budget_s=600), None, None, [], done, progress=False)
+    result = bench.attempt(cell, bench.BenchConfig(budget_s=600), None, None, [], done, progress=False,
+                           shared_references={})
     assert result["skipped"].startswith("estimated 10000 s > budget 600 s")
 
 
@@ -67,3 +69,19 @@ def test_cells_from_an_older_harness_are_not_reused(tmp_path):
     for name, cell in {"old": old, "current": current, "skipped": skipped}.items():
         (cells / f"{name}.json").write_text(json.dumps(cell))
     assert set(bench.cached_cells(tmp_path)) == {"current", "skipped"}
+
+
+def test_locality_references_are_computed_once_per_dataset_and_n(tmp_path, monkeypatch):
+    """Every editor of a bench is scored against the same base-model references, computed once."""
+    calls = []
+    original = bench.locality_references
+
+    def counting(reference, cases, cfg):
+        calls.append(len(cases))
+        return original(reference, cases, cfg)
+
+    monkeypatch.setattr(bench, "locality_references", counting)
+    data = write_cases(tmp_path / "toy.jsonl")
+    cfg = bench.BenchConfig(editors=["none", "context"], datasets=[f"toy={data}"], ns=[2], out=tmp_path / "b")
+    results = bench.run_bench(cfg, Settings(model="tiny-random", home=tmp_path / "home"), progress=False)
+    assert calls == [2] and all("metrics" in r for r in results.values())
