@@ -8,7 +8,7 @@ neighbour prompts stay the greedy choice (retain, as in `lte train ke`'s dev cur
 step of the raw direction cannot keep neighbours is one the hypernetwork cannot fix by scaling alone.
 
     python benchmarks/ke_directions.py --data ../shared/datasets/counterfact_easyedit/counterfact-train.json \
-        --cases 20 --layers "-2,-1" "4" "4,6" --precondition
+        --cases 20 --layers 28,29 4 4,6 --precondition
 """
 
 from __future__ import annotations
@@ -19,21 +19,47 @@ import time
 import torch
 from torch.func import functional_call
 
-from baselines.common import decoder_layers, mlp_projection, rendered, target_batch
+from baselines.common import decoder_layers, frozen_parameters, mlp_projection, rendered, subject_last_token, target_batch
 from baselines.ke_training import answer_logprobs, base_answers
-from baselines.knowledge_editor import KEConfig, edit_gradients, edited_parameters
+from baselines.knowledge_editor import KEConfig, edit_gradients, edit_loss, edited_parameters
 from baselines.rome import ROMEConfig, covariance
 from lte.datasets import load_cases
 from lte.editor import UneditedEditor
 from lte.models import load_model
 from lte.settings import Settings
 
+
 STEPS = [10.0 ** (e / 2) for e in range(-10, 1)]  # ‖ΔW‖ / ‖W‖ from 1e-5 to 1
 
 
-def directions(loaded, params, layers, edit, preconditioners):
-    """−∇W L per edited matrix, optionally times C⁻¹ on the input side, scaled to unit total norm."""
-    grads = edit_gradients(loaded, edit, params)
+def subject_gradients(loaded, edit, params: dict) -> dict[str, torch.Tensor]:
+    """∇W L restricted to the subject's last token: δ ⊗ k, with k the matrix's input there and δ the gradient of
+    the loss with respect to its output there (the full ∇W sums that outer product over every position)."""
+    modules = {name: module for name, module in loaded.model.named_modules()
+               if getattr(module, "weight", None) is not None and f"{name}.weight" in params}
+    text = rendered(loaded.tokenizer, [edit.prompt], edit.target_new)[0][0]
+    position = subject_last_token(loaded.tokenizer, text, edit.subject)
+    captured: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    hooks = [module.register_forward_hook(lambda m, args, out, name=name: captured.__setitem__(name, (args[0], out)))
+             for name, module in modules.items()]
+    try:
+        with frozen_parameters(loaded.model), torch.enable_grad():
+            for p in params.values():
+                p.requires_grad_(True)
+            loss = edit_loss(loaded, [edit.prompt], edit.target_new)
+            names = list(captured)
+            deltas = torch.autograd.grad(loss, [captured[n][1] for n in names])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {f"{n}.weight": torch.outer(d[0, position], captured[n][0][0, position]).detach()
+            for n, d in zip(names, deltas)}
+
+
+def directions(loaded, params, layers, edit, preconditioners, at_subject: bool):
+    """−∇W L per edited matrix (or only its subject-token term), optionally times C⁻¹ on the input side, scaled
+    to unit total norm."""
+    grads = (subject_gradients if at_subject else edit_gradients)(loaded, edit, params)
     out = {}
     for (name, grad), layer in zip(grads.items(), layers):
         step = -grad
@@ -58,13 +84,13 @@ def retained(loaded, overrides, texts, answers) -> list[float]:
 
 
 @torch.no_grad()
-def measure(loaded, predictor, params, layers, cases, preconditioners, neighbours: int) -> dict:
+def measure(loaded, predictor, params, layers, cases, preconditioners, neighbours: int, at_subject: bool) -> dict:
     weight_norm = torch.sqrt(sum((p ** 2).sum() for p in params.values()))
     found, paraphrase, retain, sizes = 0, [], [], []
     for case in cases:
         edit = case.edit
         with torch.enable_grad():
-            direction = directions(loaded, params, layers, edit, preconditioners)
+            direction = directions(loaded, params, layers, edit, preconditioners, at_subject)
         for size in STEPS:
             overrides = {n: params[n] + size * weight_norm * d for n, d in direction.items()}
             if top1(loaded, overrides, edit.prompt, edit.target_new):
@@ -87,22 +113,25 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="edit cases (a training split)")
     parser.add_argument("--cases", type=int, default=20)
     parser.add_argument("--neighbours", type=int, default=3, help="neighbour prompts checked per case")
-    parser.add_argument("--layers", nargs="+", default=["-2,-1"], help="comma-separated layer sets to compare")
+    parser.add_argument("--layers", nargs="+", default=["-2,-1"], help="comma-separated layer sets to compare (absolute indices, e.g. 28,29 for the last two of 30)")
     parser.add_argument("--precondition", action="store_true",
                         help="also try each set with C⁻¹ (ROME's statistics; computed and cached when missing)")
+    parser.add_argument("--subject", action="store_true",
+                        help="also try each set with only the gradient's term at the subject's last token")
     args = parser.parse_args()
     settings = Settings.from_env()
     loaded = load_model(settings.model, settings.home)
     predictor = UneditedEditor(loaded)
     cases = [c for c in load_cases(args.data) if c.locality][: args.cases]
     count = len(decoder_layers(loaded.model))
-    print(f"{'layers':<10}{'C^-1':>6}{'edited':>8}{'paraphrase':>12}{'retain':>8}{'median step':>13}{'s':>6}")
+    print(f"{'layers':<10}{'C^-1':>6}{'tokens':>9}{'edited':>8}{'paraphrase':>12}{'retain':>8}{'median step':>13}{'s':>6}")
     for spec in args.layers:
         layers = tuple(int(x) for x in spec.split(","))
         params = edited_parameters(loaded, KEConfig(layers=layers))
         absolute = [layer % count for layer in layers]
         variants = [False, True] if args.precondition else [False]
-        for precondition in variants:
+        for precondition, at_subject in [(p, s) for s in ([False, True] if args.subject else [False])
+                                         for p in variants]:
             preconditioners = {}
             if precondition:
                 for layer in absolute:
@@ -111,8 +140,8 @@ def main() -> None:
                     ridge = cfg.ridge * cov.diagonal().mean() * torch.eye(cov.shape[0], dtype=cov.dtype)
                     preconditioners[layer] = torch.linalg.inv(cov + ridge).float()
             start = time.time()
-            r = measure(loaded, predictor, params, absolute, cases, preconditioners, args.neighbours)
-            print(f"{spec:<10}{'yes' if precondition else 'no':>6}{r['edited']:>8.2f}{r['paraphrase']:>12.2f}"
+            r = measure(loaded, predictor, params, absolute, cases, preconditioners, args.neighbours, at_subject)
+            print(f"{spec:<10}{'yes' if precondition else 'no':>6}{'subject' if at_subject else 'all':>9}{r['edited']:>8.2f}{r['paraphrase']:>12.2f}"
                   f"{r['retain']:>8.2f}{r['median_step']:>13.2g}{time.time() - start:>6.0f}", flush=True)
 
 

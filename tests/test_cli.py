@@ -79,3 +79,12 @@ def test_eval_writes_the_report(tmp_path, capsys):
 def test_missing_model_is_a_clear_error(capsys, tmp_path):
     assert main(["--model", str(tmp_path / "nope.gguf"), "ask", "hi"]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_train_ke_takes_config_fields_and_refuses_unknown_ones(tmp_path, capsys):
+    out = tmp_path / "ke.pt"
+    common = ["--model", "tiny-random", "--home", str(tmp_path / "home"), "train", "ke", "--out", str(out)]
+    assert main(common + ["--set", "lambda_lrr=0.1"]) == 2
+    assert "unknown option(s) lambda_lrr" in capsys.readouterr().err and not out.exists()
+    assert main(common + ["--steps", "2", "--dev", "2", "--set", "eval_every=1", "--set", "unrelated=1"]) == 0
+    assert [p["step"] for p in json.loads(out.with_suffix(".curve.json").read_text())] == [1, 2]

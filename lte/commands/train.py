@@ -19,6 +19,9 @@ def register(commands) -> None:
     ke.add_argument("--steps", type=int, help="training edits (default: KETrainConfig.steps, 250)")
     ke.add_argument("--dev", type=int, default=20, help="held-out cases for the curve (default 20)")
     ke.add_argument("--seed", type=int, default=0)
+    ke.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a KETrainConfig field, e.g. --set lambda_lr=0.1 --set margin=0.05 (see "
+                         "baselines/ke_training.py for each default and why); repeatable")
     ke.set_defaults(handler=run_ke)
     parser.set_defaults(handler=lambda args, settings: parser.print_help() or 2)
 
@@ -26,17 +29,22 @@ def register(commands) -> None:
 def run_ke(args, settings) -> int:
     import random
 
+    from baselines.common import config_from_options
     from baselines.ke_training import KETrainConfig, train_ke
     from baselines.knowledge_editor import default_checkpoint
+    from lte.commands.evaluate import parse_settings
     from lte.align.data import table_cases
     from lte.datasets import load_cases
 
+    overrides = {"dev_cases": args.dev, "seed": args.seed, **parse_settings(args.set)}
+    if args.steps:
+        overrides["steps"] = args.steps
+    cfg = config_from_options(KETrainConfig, overrides)  # unknown names are refused before the model loads
     loaded = load_model(settings.model, settings.home)
     cases = [c for path in args.data for c in load_cases(path)] or table_cases(1200, random.Random(args.seed))
-    random.Random(args.seed).shuffle(cases)
-    dev, train = cases[: args.dev], cases[args.dev:]
+    random.Random(cfg.seed).shuffle(cases)
+    dev, train = cases[: cfg.dev_cases], cases[cfg.dev_cases:]
     out = Path(args.out) if args.out else default_checkpoint(settings.home, loaded.spec)
-    cfg = KETrainConfig(steps=args.steps or KETrainConfig.steps, dev_cases=args.dev, seed=args.seed)
     checkpoint = train_ke(loaded, train, dev, out, cfg=cfg)
     for point in checkpoint.curve:
         print(f"step {point['step']:>5}: edit success {point['edit_success']:.3f}, retain {point['retain']:.3f}, "
