@@ -183,15 +183,18 @@ def config_from_options(config_class, options: dict):
 
 
 class frozen_parameters:
-    """Context manager: no gradients for the model's own parameters while an edit's vector is optimised."""
+    """Context manager: no gradients for the model's own parameters while an edit's vector is optimised, except
+    for `trainable` ones (e.g. the matrices whose gradient KE reads). Every flag is put back on exit."""
 
-    def __init__(self, model: nn.Module):
-        self.model = model
+    def __init__(self, model: nn.Module, trainable: Sequence[nn.Parameter] = ()):
+        self.model, self.trainable = model, list(trainable)
 
     def __enter__(self) -> None:
         self.flags = [(p, p.requires_grad) for p in self.model.parameters()]
         for p, _ in self.flags:
             p.requires_grad_(False)
+        for p in self.trainable:
+            p.requires_grad_(True)
 
     def __exit__(self, *exc) -> None:
         for p, flag in self.flags:

@@ -4,9 +4,10 @@ Each step takes one training edit: the hypernetwork predicts ΔW from the edit's
 target's NLL on the edit prompt and a paraphrase under W + ΔW, subject to KL(base ‖ edited) ≤ margin on unrelated
 prompts (the case's own neighbour prompts, then other cases' prompts). The KL is taken at every position of the base
 model's own first answer tokens, teacher-forced: locality is scored on whole greedy answers, and a constraint on
-the first token alone let later tokens drift (session 2: retain 0.4 on the first token, locality 0.23). The constraint is handled with a Lagrange multiplier λ = softplus(ρ), ρ updated by gradient ascent, as in
-the paper. Checkpoints (with the optimiser state and the dev curve) are written every `save_every` steps and a
-re-run resumes from the last one.
+the first token alone let later tokens drift (session 2: retain 0.4 on the first token, locality 0.23). The
+constraint is handled with a Lagrange multiplier λ = softplus(ρ), ρ updated by gradient ascent, as in the paper.
+Checkpoints (with the optimiser state and the dev curve) are written every `save_every` steps and a re-run resumes
+from the last one.
 """
 
 from __future__ import annotations

@@ -22,7 +22,15 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from baselines.common import WeightBackup, config_from_options, decoder_layers, mlp_projection, rendered, target_batch
+from baselines.common import (
+    WeightBackup,
+    config_from_options,
+    decoder_layers,
+    frozen_parameters,
+    mlp_projection,
+    rendered,
+    target_batch,
+)
 from lte.editor import ModelEditor
 from lte.models import LoadedModel
 from lte.schema import Edit
@@ -111,17 +119,9 @@ def edit_loss(loaded: LoadedModel, prompts: Sequence[str], target: str,
 
 def edit_gradients(loaded: LoadedModel, edit: Edit, params: dict[str, nn.Parameter]) -> dict[str, torch.Tensor]:
     """∇W of the target's NLL on the edit prompt, at the current weights."""
-    flags = [(p, p.requires_grad) for p in loaded.model.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    for p in params.values():
-        p.requires_grad_(True)
-    try:
+    with frozen_parameters(loaded.model, trainable=params.values()):
         loss = edit_loss(loaded, [edit.prompt], edit.target_new)
         grads = torch.autograd.grad(loss, list(params.values()))
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
     return {name: g.detach() for name, g in zip(params, grads)}
 
 

@@ -219,11 +219,15 @@ def captured_out_dim(projection: Projection) -> int:
     return projection.as_out_in().shape[0]
 
 
+def regularised(cov: torch.Tensor, ridge: float) -> torch.Tensor:
+    """C + ridge·mean(diag C)·I: invertible even where the corpus never excited some directions."""
+    return cov + ridge * cov.diagonal().mean() * torch.eye(cov.shape[0], device=cov.device, dtype=cov.dtype)
+
+
 def apply_update(projection: Projection, key: torch.Tensor, delta: torch.Tensor, cov: torch.Tensor,
                  ridge: float) -> tuple[float, float]:
     """W += δ ⊗ C⁻¹k / (kᵀC⁻¹k): afterwards W k = W₀ k + δ exactly. Returns (denominator, ‖ΔW‖)."""
-    regularised = cov + ridge * cov.diagonal().mean() * torch.eye(cov.shape[0], device=cov.device)
-    cinv_key = torch.linalg.solve(regularised.double(), key.double())
+    cinv_key = torch.linalg.solve(regularised(cov, ridge).double(), key.double())
     denominator = float(key.double() @ cinv_key)
     left = (cinv_key / denominator).float()
     projection.add_rank_one(delta, left)

@@ -19,15 +19,21 @@ import time
 import torch
 from torch.func import functional_call
 
-from baselines.common import decoder_layers, frozen_parameters, mlp_projection, rendered, subject_last_token, target_batch
+from baselines.common import (
+    decoder_layers,
+    frozen_parameters,
+    mlp_projection,
+    rendered,
+    subject_last_token,
+    target_batch,
+)
 from baselines.ke_training import answer_logprobs, base_answers
 from baselines.knowledge_editor import KEConfig, edit_gradients, edit_loss, edited_parameters
-from baselines.rome import ROMEConfig, covariance
+from baselines.rome import ROMEConfig, covariance, regularised
 from lte.datasets import load_cases
 from lte.editor import UneditedEditor
 from lte.models import load_model
 from lte.settings import Settings
-
 
 STEPS = [10.0 ** (e / 2) for e in range(-10, 1)]  # ‖ΔW‖ / ‖W‖ from 1e-5 to 1
 
@@ -43,9 +49,7 @@ def subject_gradients(loaded, edit, params: dict) -> dict[str, torch.Tensor]:
     hooks = [module.register_forward_hook(lambda m, args, out, name=name: captured.__setitem__(name, (args[0], out)))
              for name, module in modules.items()]
     try:
-        with frozen_parameters(loaded.model), torch.enable_grad():
-            for p in params.values():
-                p.requires_grad_(True)
+        with frozen_parameters(loaded.model, trainable=params.values()), torch.enable_grad():
             loss = edit_loss(loaded, [edit.prompt], edit.target_new)
             names = list(captured)
             deltas = torch.autograd.grad(loss, [captured[n][1] for n in names])
@@ -113,7 +117,8 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="edit cases (a training split)")
     parser.add_argument("--cases", type=int, default=20)
     parser.add_argument("--neighbours", type=int, default=3, help="neighbour prompts checked per case")
-    parser.add_argument("--layers", nargs="+", default=["-2,-1"], help="comma-separated layer sets to compare (absolute indices, e.g. 28,29 for the last two of 30)")
+    parser.add_argument("--layers", nargs="+", default=["-2,-1"],
+                        help="comma-separated layer sets to compare, e.g. 28,29 4 4,6 (default: KE's last two)")
     parser.add_argument("--precondition", action="store_true",
                         help="also try each set with C⁻¹ (ROME's statistics; computed and cached when missing)")
     parser.add_argument("--subject", action="store_true",
@@ -124,7 +129,8 @@ def main() -> None:
     predictor = UneditedEditor(loaded)
     cases = [c for c in load_cases(args.data) if c.locality][: args.cases]
     count = len(decoder_layers(loaded.model))
-    print(f"{'layers':<10}{'C^-1':>6}{'tokens':>9}{'edited':>8}{'paraphrase':>12}{'retain':>8}{'median step':>13}{'s':>6}")
+    print(f"{'layers':<10}{'C^-1':>6}{'tokens':>9}{'edited':>8}{'paraphrase':>12}{'retain':>8}{'median step':>13}"
+          f"{'s':>6}")
     for spec in args.layers:
         layers = tuple(int(x) for x in spec.split(","))
         params = edited_parameters(loaded, KEConfig(layers=layers))
@@ -137,12 +143,12 @@ def main() -> None:
                 for layer in absolute:
                     cfg = ROMEConfig(layer=layer)
                     cov = covariance(loaded, mlp_projection(loaded.model, layer), cfg, settings.home).double()
-                    ridge = cfg.ridge * cov.diagonal().mean() * torch.eye(cov.shape[0], dtype=cov.dtype)
-                    preconditioners[layer] = torch.linalg.inv(cov + ridge).float()
+                    preconditioners[layer] = torch.linalg.inv(regularised(cov, cfg.ridge)).float()
             start = time.time()
             r = measure(loaded, predictor, params, absolute, cases, preconditioners, args.neighbours, at_subject)
-            print(f"{spec:<10}{'yes' if precondition else 'no':>6}{'subject' if at_subject else 'all':>9}{r['edited']:>8.2f}{r['paraphrase']:>12.2f}"
-                  f"{r['retain']:>8.2f}{r['median_step']:>13.2g}{time.time() - start:>6.0f}", flush=True)
+            print(f"{spec:<10}{'yes' if precondition else 'no':>6}{'subject' if at_subject else 'all':>9}"
+                  f"{r['edited']:>8.2f}{r['paraphrase']:>12.2f}{r['retain']:>8.2f}{r['median_step']:>13.2g}"
+                  f"{time.time() - start:>6.0f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 import json
 
 import lte.bench as bench
-from lte.settings import Settings
 from lte.cli import main
+from lte.settings import Settings
 
 
 def write_cases(path, n=3):

@@ -32,8 +32,8 @@ def run_ke(args, settings) -> int:
     from baselines.common import config_from_options
     from baselines.ke_training import KETrainConfig, train_ke
     from baselines.knowledge_editor import default_checkpoint
-    from lte.commands.evaluate import parse_settings
     from lte.align.data import table_cases
+    from lte.commands.evaluate import parse_settings
     from lte.datasets import load_cases
 
     overrides = {"dev_cases": args.dev, "seed": args.seed, **parse_settings(args.set)}
