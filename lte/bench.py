@@ -30,20 +30,25 @@ DATASETS = {
     "counterfact": SHARED / "counterfact_easyedit" / "counterfact-edit.json",
     "zsre": SHARED / "knowedit" / "ZsRE-test-all.json",
     "mquake": SHARED / "mquake" / "AKEW-MQuAKE-CF-354.json",
+    "wiki_counterfact": SHARED / "knowedit" / "wiki_counterfact_train_cf.json",
+    "wiki_recent": SHARED / "knowedit" / "wiki_recent_train.json",
 }
+QUICK_DATASETS = ["counterfact", "zsre", "mquake"]  # the default grid; the others by name
 EDITORS = ["none", "context", "lte", "lte-unaligned", "rome", "grace", "ke"]
 
 
 @dataclass
 class BenchConfig:
     """editors, datasets (name=path or a known name), modes, ns: the grid. budget_s: most seconds per cell.
+    score_sample: apply all n cases' edits, score a seeded sample of this many (None: score all).
     quick: the small preset (n=10, sequential) that runs in minutes."""
 
     editors: list[str] = field(default_factory=lambda: list(EDITORS))
-    datasets: list[str] = field(default_factory=lambda: list(DATASETS))
+    datasets: list[str] = field(default_factory=lambda: list(QUICK_DATASETS))
     modes: list[str] = field(default_factory=lambda: ["sequential"])
     ns: list[int] = field(default_factory=lambda: [10, 100, 1000, 10000])
     budget_s: float = 2700.0
+    score_sample: int | None = None
     out: Path = Path("bench-out")
     seed: int = 0
 
@@ -57,10 +62,11 @@ class Cell:
     dataset: str
     mode: str
     n: int
+    scored: int | None = None  # a sample of the n cases is scored (all when None)
 
     @property
     def key(self) -> str:
-        return f"{self.editor}__{self.dataset}__{self.mode}__{self.n}"
+        return f"{self.editor}__{self.dataset}__{self.mode}__{self.n}" + (f"__s{self.scored}" if self.scored else "")
 
 
 def dataset_path(name: str) -> tuple[str, Path]:
@@ -87,8 +93,8 @@ def run_cell(cell: Cell, settings: Settings, loaded: LoadedModel, cases, progres
     editor = build_editor(cell.editor, settings, loaded)
     reference_model = loaded if loaded.base_spec == loaded.spec else load_model(loaded.base_spec, settings.home)
     reference = build_editor("none", settings, reference_model)
-    cfg = EvalConfig(mode=cell.mode, progress=progress)
-    key = (cell.dataset, cell.n)
+    cfg = EvalConfig(mode=cell.mode, progress=progress, score_sample=cell.scored)
+    key = (cell.dataset, cell.n, cell.scored)
     if key not in shared_references:
         shared_references[key] = locality_references(reference, cases[: cell.n], cfg)
     report = evaluate(editor, cases[: cell.n], reference, cfg, dataset=cell.dataset,
@@ -104,7 +110,8 @@ def grid(cfg: BenchConfig):
         for editor in cfg.editors:
             for mode in cfg.modes:
                 for n in sorted({min(n, len(cases)) for n in cfg.ns}):
-                    yield Cell(editor, label, mode, n), cases
+                    scored = cfg.score_sample if cfg.score_sample and cfg.score_sample < n else None
+                    yield Cell(editor, label, mode, n, scored), cases
 
 
 def run_bench(cfg: BenchConfig, settings: Settings, progress: bool = True, command: str = "") -> dict[str, dict]:
@@ -158,7 +165,8 @@ def is_current(cell: dict) -> bool:
 
 def attempt(cell: Cell, cfg: BenchConfig, settings: Settings, loaded: LoadedModel, cases, done: dict,
             progress: bool, shared_references: dict) -> dict:
-    base = {"editor": cell.editor, "dataset": cell.dataset, "mode": cell.mode, "n_cases": cell.n}
+    base = {"editor": cell.editor, "dataset": cell.dataset, "mode": cell.mode, "n_cases": cell.n,
+            "scored_cases": cell.scored or cell.n}
     estimate = estimate_seconds(cell, done)
     if estimate is not None and estimate > cfg.budget_s:
         return {**base, "skipped": f"estimated {estimate:.0f} s > budget {cfg.budget_s:.0f} s"}
@@ -178,15 +186,22 @@ def quality_table(results: dict[str, dict]) -> str:
     for r in sorted(results.values(), key=lambda r: (r["dataset"], r["n_cases"], EDITORS.index(r["editor"])
                                                      if r["editor"] in EDITORS else 99)):
         if "skipped" in r:
-            lines.append(f"| {r['editor']} | {r['dataset']} | {r['mode']} | {r['n_cases']} | "
+            lines.append(f"| {r['editor']} | {r['dataset']} | {r['mode']} | {n_label(r)} | "
                          f"skipped: {r['skipped']} | | | | |")
             continue
         metrics = r["metrics"]
         cells = [facet_cell(metrics.get(f)) for f in FACETS]
         fluency = f"{metrics['fluency']['ngram_entropy']:.2f}" if "fluency" in metrics else "–"
-        lines.append(f"| {r['editor']} | {r['dataset']} | {r['mode']} | {r['n_cases']} | " + " | ".join(cells)
+        lines.append(f"| {r['editor']} | {r['dataset']} | {r['mode']} | {n_label(r)} | " + " | ".join(cells)
                      + f" | {fluency} |")
     return "\n".join(lines)
+
+
+def n_label(r: dict) -> str:
+    """'1000' or '1000 (500 scored)', plus extra stored edits when a cell had any."""
+    scored = r.get("scored_cases", r["n_cases"])
+    label = f"{r['n_cases']}" + (f" ({scored} scored)" if scored < r["n_cases"] else "")
+    return label + (f" +{r['extra_edits']} stored" if r.get("extra_edits") else "")
 
 
 def facet_cell(m: dict | None) -> str:
@@ -203,7 +218,7 @@ def speed_table(results: dict[str, dict]) -> str:
     for r in sorted(results.values(), key=lambda r: (r["editor"], r["dataset"], r["n_cases"])):
         if "timing" in r:
             t = r["timing"]
-            lines.append(f"| {r['editor']} | {r['dataset']} | {r['n_cases']} | {t['edit_s']:.4f} | "
+            lines.append(f"| {r['editor']} | {r['dataset']} | {n_label(r)} | {t['edit_s']:.4f} | "
                          f"{t['query_s']:.4f} | {t['peak_rss_mb']:.0f} | {r.get('wall_s', 0):.0f} | "
                          + ", ".join(f"{k} {v}" for k, v in r.get("editor_stats", {}).items()) + " |")
     return "\n".join(lines)

@@ -55,6 +55,11 @@ class Editor(ABC):
         """Sizes worth reporting with the edits applied (e.g. GRACE's codebook entries); none by default."""
         return {}
 
+    def passed_edits(self, queries: Sequence[Query]) -> list[list[str]] | None:
+        """For editors that choose edits per prompt (retrieval): the ids of the edits each query's prompt receives,
+        so the harness can report retrieval precision and recall. None for editors that choose nothing."""
+        return None
+
 
 class ModelEditor(Editor):
     """An editor answering with one causal LM; subclasses override `apply`/`restore` and/or `facts_for`."""

@@ -8,6 +8,7 @@ where a true object is known, prob_win (mean log-prob of the new target beats th
 
 from __future__ import annotations
 
+import random
 import resource
 import time
 from dataclasses import dataclass, field
@@ -17,13 +18,15 @@ import torch
 from tqdm.auto import tqdm
 
 from lte.editor import Editor, Query
-from lte.metrics import FacetTally, contains_answer, ngram_entropy, normalize
-from lte.schema import FACETS, EditCase
+from lte.metrics import FacetTally, RetrievalTally, contains_answer, ngram_entropy, normalize
+from lte.models import model_identity
+from lte.schema import FACETS, Edit, EditCase
 
 MODES = ("single", "batch", "sequential")
 # Bumped whenever a change alters what a metric measures, so cached results from older harnesses are not mixed
-# with new ones. 2: locality references without words are dropped.
-HARNESS_VERSION = 2
+# with new ones. 2: locality references without words are dropped. 3: gen_acc matches whole words only ('Goa' no
+# longer matches 'Goat'); reports carry the model's identity, extra edits, the scored sample and retrieval figures.
+HARNESS_VERSION = 3
 
 
 @dataclass
@@ -32,6 +35,8 @@ class EvalConfig:
     after another, score all at the end; reliability right after each edit is reported separately).
     limit: first N cases (deterministic order). max_new_tokens: greedy answer length for gen_acc.
     fluency_cases / fluency_tokens: how many rewrite prompts get a long generation for n-gram entropy.
+    score_sample: apply every case's edits but score only this many cases, drawn with `seed` (mass editing at a
+    cost this CPU can afford: 10,000 stored, 500 scored). None scores them all.
     """
 
     mode: str = "single"
@@ -39,12 +44,21 @@ class EvalConfig:
     max_new_tokens: int = 12
     fluency_cases: int = 20
     fluency_tokens: int = 48
+    score_sample: int | None = None
     seed: int = 0
     progress: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode '{self.mode}': choose one of {', '.join(MODES)}")
+        if self.score_sample is not None and self.score_sample < 1:
+            raise ValueError(f"score_sample {self.score_sample}: must be at least 1")
+
+    def scored(self, n_cases: int) -> list[int]:
+        """Indices of the cases to score, in order: all of them, or a seeded sample of `score_sample`."""
+        if not self.score_sample or self.score_sample >= n_cases:
+            return list(range(n_cases))
+        return sorted(random.Random(self.seed).sample(range(n_cases), self.score_sample))
 
 
 @dataclass(frozen=True)
@@ -77,6 +91,7 @@ class Clock:
 class Tallies:
     facets: dict[str, FacetTally] = field(default_factory=lambda: {f: FacetTally() for f in FACETS})
     entropies: list[float] = field(default_factory=list)
+    retrieval: RetrievalTally = field(default_factory=RetrievalTally)
 
     def summary(self) -> dict[str, dict]:
         metrics = {f: t.summary() for f, t in self.facets.items() if t.token_acc}
@@ -85,14 +100,21 @@ class Tallies:
                                   "n": len(self.entropies)}
         return metrics
 
+    def retrieval_report(self) -> dict[str, dict]:
+        """{"retrieval": ...} for editors that retrieve edits (see `Editor.passed_edits`), else nothing."""
+        return {"retrieval": self.retrieval.summary()} if self.retrieval.seen else {}
+
 
 # ---------------------------------------------------------------- building probes
 
-def locality_references(reference: Editor, cases: Sequence[EditCase], cfg: EvalConfig) -> dict[tuple[int, int], str]:
-    """The unedited base model's own greedy answer to every locality prompt, keyed by (case, probe). Answers with
+def locality_references(reference: Editor, cases: Sequence[EditCase], cfg: EvalConfig,
+                        indices: Sequence[int] | None = None) -> dict[tuple[int, int], str]:
+    """The unedited base model's own greedy answer to every locality prompt of the cases at `indices` (default: the
+    cases `cfg` scores), keyed by (case, probe). Answers with
     no words (empty, or only punctuation such as ':') are dropped: gen_acc matching ignores punctuation, so no
     generation could ever match them and they would count as failures for every editor, the unedited one too."""
-    keys = [(c, p) for c, case in enumerate(cases) for p in range(len(case.locality))]
+    indices = cfg.scored(len(cases)) if indices is None else indices
+    keys = [(c, p) for c in indices for p in range(len(cases[c].locality))]
     queries = [Query(cases[c].locality[p].prompt) for c, p in keys]
     answers = reference.generate(queries, cfg.max_new_tokens) if queries else []
     # Keep the answer's own leading space: it is scored token for token as the model produced it.
@@ -133,6 +155,9 @@ def score_items(editor: Editor, items: Sequence[Item], cfg: EvalConfig, tallies:
     generations = editor.generate(queries, cfg.max_new_tokens)
     clock.query_s += time.perf_counter() - start
     clock.queries += len(items)
+    passed = editor.passed_edits(queries)
+    for item, ids in zip(items, passed or []):
+        tallies.retrieval.add(item.facet, {edit.id for edit in item.query.case_edits}, ids)
     for i, (item, score, generation) in enumerate(zip(items, new_scores, generations)):
         win = score.mean_logprob > true_scores[i].mean_logprob if i in true_scores else None
         tallies.facets[item.facet].add(score.token_acc, contains_answer(generation, item.answers), win)
@@ -148,57 +173,63 @@ def score_fluency(editor: Editor, cases: Sequence[EditCase], cfg: EvalConfig, ta
         tallies.entropies.append(ngram_entropy(text))
 
 
-def timed_apply(editor: Editor, case: EditCase, clock: Clock) -> None:
+def timed_apply(editor: Editor, edits: Sequence[Edit], clock: Clock) -> None:
     start = time.perf_counter()
-    editor.apply(case.edits)
+    editor.apply(edits)
     clock.edit_s += time.perf_counter() - start
-    clock.edits += len(case.edits)
+    clock.edits += len(edits)
 
 
 # ---------------------------------------------------------------- modes
 
-def run_single(editor: Editor, cases: Sequence[EditCase], refs: dict, cfg: EvalConfig, clock: Clock) -> dict:
+def run_single(editor: Editor, cases: Sequence[EditCase], refs: dict, cfg: EvalConfig, clock: Clock,
+               extra: Sequence[Edit]) -> dict:
+    if extra:
+        raise ValueError("extra edits need --mode batch or sequential: single mode restores after every case")
     tallies = Tallies()
-    for index, case in enumerate(tqdm(cases, desc="single", disable=not cfg.progress)):
-        timed_apply(editor, case, clock)
-        score_items(editor, case_items(case, index, refs), cfg, tallies, clock)
-        if index < cfg.fluency_cases:
-            score_fluency(editor, [case], cfg, tallies)
+    for count, index in enumerate(tqdm(cfg.scored(len(cases)), desc="single", disable=not cfg.progress)):
+        timed_apply(editor, cases[index].edits, clock)
+        score_items(editor, case_items(cases[index], index, refs), cfg, tallies, clock)
+        if count < cfg.fluency_cases:
+            score_fluency(editor, [cases[index]], cfg, tallies)
         editor.restore()
-    return {"metrics": tallies.summary()}
+    return {"metrics": tallies.summary(), **tallies.retrieval_report()}
 
 
-def run_batch(editor: Editor, cases: Sequence[EditCase], refs: dict, cfg: EvalConfig, clock: Clock) -> dict:
-    start = time.perf_counter()
-    editor.apply([edit for case in cases for edit in case.edits])
-    clock.edit_s += time.perf_counter() - start
-    clock.edits += sum(len(case.edits) for case in cases)
+def run_batch(editor: Editor, cases: Sequence[EditCase], refs: dict, cfg: EvalConfig, clock: Clock,
+              extra: Sequence[Edit]) -> dict:
+    timed_apply(editor, list(extra) + [edit for case in cases for edit in case.edits], clock)
     tallies = _score_all(editor, cases, refs, cfg, clock, desc="batch: scoring")
     stats = editor.stats()
     editor.restore()
-    return {"metrics": tallies.summary(), "editor_stats": stats}
+    return {"metrics": tallies.summary(), **tallies.retrieval_report(), "editor_stats": stats}
 
 
-def run_sequential(editor: Editor, cases: Sequence[EditCase], refs: dict, cfg: EvalConfig, clock: Clock) -> dict:
-    immediate = Tallies()
+def run_sequential(editor: Editor, cases: Sequence[EditCase], refs: dict, cfg: EvalConfig, clock: Clock,
+                   extra: Sequence[Edit]) -> dict:
+    """Extra edits go in first, in one call; then each case's edits one after another."""
+    if extra:
+        timed_apply(editor, extra, clock)
+    immediate, scored = Tallies(), set(cfg.scored(len(cases)))
     for index, case in enumerate(tqdm(cases, desc="sequential: editing", disable=not cfg.progress)):
-        timed_apply(editor, case, clock)
-        rewrite = [item for item in case_items(case, index, refs) if item.facet == "reliability"]
-        score_items(editor, rewrite, cfg, immediate, Clock())
+        timed_apply(editor, case.edits, clock)
+        if index in scored:
+            rewrite = [item for item in case_items(case, index, refs) if item.facet == "reliability"]
+            score_items(editor, rewrite, cfg, immediate, Clock())
     tallies = _score_all(editor, cases, refs, cfg, clock, desc="sequential: scoring")
     stats = editor.stats()
     editor.restore()
-    return {"metrics": tallies.summary(), "metrics_immediate": immediate.summary(), "editor_stats": stats}
+    return {"metrics": tallies.summary(), "metrics_immediate": immediate.summary(),
+            **tallies.retrieval_report(), "editor_stats": stats}
 
 
 def _score_all(editor: Editor, cases: Sequence[EditCase], refs: dict, cfg: EvalConfig, clock: Clock,
                desc: str, chunk: int = 32) -> Tallies:
-    tallies = Tallies()
-    for start in tqdm(range(0, len(cases), chunk), desc=desc, disable=not cfg.progress):
-        items = [item for i in range(start, min(start + chunk, len(cases)))
-                 for item in case_items(cases[i], i, refs)]
+    tallies, scored = Tallies(), cfg.scored(len(cases))
+    for start in tqdm(range(0, len(scored), chunk), desc=desc, disable=not cfg.progress):
+        items = [item for i in scored[start:start + chunk] for item in case_items(cases[i], i, refs)]
         score_items(editor, items, cfg, tallies, clock)
-    score_fluency(editor, cases[: cfg.fluency_cases], cfg, tallies)
+    score_fluency(editor, [cases[i] for i in scored[: cfg.fluency_cases]], cfg, tallies)
     return tallies
 
 
@@ -206,21 +237,26 @@ RUNNERS: dict[str, Callable[..., dict]] = {"single": run_single, "batch": run_ba
 
 
 def evaluate(editor: Editor, cases: Sequence[EditCase], reference: Editor, cfg: EvalConfig,
-             dataset: str = "", references: dict[tuple[int, int], str] | None = None) -> dict:
+             dataset: str = "", references: dict[tuple[int, int], str] | None = None,
+             extra_edits: Sequence[Edit] = ()) -> dict:
     """Run one evaluation and return the report (see README for its JSON shape). `references`: locality
-    references already computed by `locality_references` for these cases (a bench shares them between editors)."""
+    references already computed by `locality_references` for these cases (a bench shares them between editors).
+    `extra_edits` are applied before the cases' edits and never scored (a large store around the scored cases)."""
     torch.manual_seed(cfg.seed)
     cases = list(cases[: cfg.limit] if cfg.limit else cases)
     refs = references if references is not None else locality_references(reference, cases, cfg)
     clock = Clock()
-    result = RUNNERS[cfg.mode](editor, cases, refs, cfg, clock)
-    return {"editor": editor.name, "model": editor.model_name, "dataset": dataset, "mode": cfg.mode,
-            "n_cases": len(cases), **result, "timing": clock.summary(), "harness_version": HARNESS_VERSION}
+    result = RUNNERS[cfg.mode](editor, cases, refs, cfg, clock, extra_edits)
+    return {"editor": editor.name, "model": editor.model_name, "model_identity": model_identity(editor.model_name),
+            "dataset": dataset, "mode": cfg.mode, "n_cases": len(cases), "scored_cases": len(cfg.scored(len(cases))),
+            "extra_edits": len(extra_edits), **result, "timing": clock.summary(), "harness_version": HARNESS_VERSION}
 
 
 def format_table(report: dict) -> str:
     """A plain-text table of a report's metrics."""
-    header = f"{report['editor']} on {report['dataset']} ({report['mode']}, {report['n_cases']} cases)"
+    sample = f", {report['scored_cases']} scored" if report.get("scored_cases", report["n_cases"]) < report["n_cases"] else ""
+    extra = f", {report['extra_edits']} extra edits stored" if report.get("extra_edits") else ""
+    header = f"{report['editor']} on {report['dataset']} ({report['mode']}, {report['n_cases']} cases{sample}{extra})"
     lines = [header, f"{'facet':<16}{'token_acc':>10}{'gen_acc':>10}{'prob_win':>10}{'n':>7}"]
     for facet in FACETS:
         m = report["metrics"].get(facet)
@@ -231,6 +267,11 @@ def format_table(report: dict) -> str:
         lines.append(f"{'fluency':<16}{report['metrics']['fluency']['ngram_entropy']:>10.3f}")
     for facet, m in report.get("metrics_immediate", {}).items():
         lines.append(f"{facet + ' (at edit)':<16}{m['token_acc']:>10.3f}{m['gen_acc']:>10.3f}")
+    if "retrieval" in report:
+        r = report["retrieval"]
+        lines.append(f"retrieval: precision {r['precision']:.3f}, recall {r['recall']:.3f}; "
+                     + ", ".join(f"{facet} {'no edit' if facet == 'locality' else 'gold'} passed {v['rate']:.3f}"
+                                 for facet, v in r["facets"].items()))
     t = report["timing"]
     lines.append(f"timing: {t['edit_s']:.4f} s/edit, {t['query_s']:.4f} s/query, peak {t['peak_rss_mb']:.0f} MB")
     return "\n".join(lines)

@@ -96,6 +96,9 @@ class LTEEditor(ModelEditor):
     def retrieve(self, questions: Sequence[str]) -> list[list[Hit]]:
         return self.store.search_many(questions, self.k)
 
+    def passed_edits(self, queries: Sequence[Query]) -> list[list[str]]:
+        return [[hit.edit.id for hit in hits] for hits in self.retrieve([q.prompt for q in queries])]
+
     def facts_for(self, queries: Sequence[Query]) -> list[list[str]]:
         return [[hit.edit.statement for hit in hits] for hits in self.retrieve([q.prompt for q in queries])]
 

@@ -16,9 +16,10 @@ def normalize(text: str) -> str:
 
 
 def contains_answer(generation: str, answers: Iterable[str]) -> bool:
-    """True when any acceptable answer appears in the generation (both normalised)."""
+    """True when any acceptable answer appears in the generation as whole words (both normalised): 'Goa' matches
+    'in Goa, India' but not 'Goat'."""
     text = normalize(generation)
-    return any(normalize(a) and normalize(a) in text for a in answers)
+    return any(normalize(a) and re.search(rf"(?<!\w){re.escape(normalize(a))}(?!\w)", text) for a in answers)
 
 
 def ngram_entropy(text: str, ns: Sequence[int] = (2, 3), weights: Sequence[float] = (2 / 3, 4 / 3)) -> float:
@@ -58,3 +59,36 @@ class FacetTally:
 
 def _mean(values: Sequence[float]) -> float:
     return round(sum(values) / len(values), 4) if values else 0.0
+
+
+IN_SCOPE = ("reliability", "generalization")
+
+
+@dataclass
+class RetrievalTally:
+    """What a retrieving editor put into each prompt against what belonged there: probes of reliability,
+    generalization and portability should receive their case's edit, locality probes no edit at all.
+    precision: of the prompts that received any edit, the share that received the right one (a locality probe that
+    received one is a false pass); recall: of the reliability and generalization probes, the share whose edit passed."""
+
+    right: dict[str, list[bool]] = field(default_factory=dict)
+    true_passes: int = 0
+    false_passes: int = 0
+
+    @property
+    def seen(self) -> bool:
+        return bool(self.right)
+
+    def add(self, facet: str, gold: set[str], passed: Sequence[str]) -> None:
+        hit = bool(gold & set(passed)) and facet != "locality"
+        self.right.setdefault(facet, []).append(not passed if facet == "locality" else hit)
+        if passed:
+            self.true_passes += hit
+            self.false_passes += not hit
+
+    def summary(self) -> dict:
+        in_scope = [ok for facet in IN_SCOPE for ok in self.right.get(facet, [])]
+        return {"precision": _mean([1.0] * self.true_passes + [0.0] * self.false_passes),
+                "recall": _mean([float(ok) for ok in in_scope]),
+                "facets": {facet: {"rate": _mean([float(ok) for ok in oks]), "n": len(oks)}
+                           for facet, oks in self.right.items()}}

@@ -160,3 +160,32 @@ def _ready(loaded: LoadedModel) -> LoadedModel:
 def read_manifest(directory: Path) -> dict:
     path = Path(directory) / MANIFEST
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.gguf", MANIFEST, "adapter_config.json", "config.json")
+
+
+def model_identity(spec: str) -> dict[str, str]:
+    """Which weights a report was made with: the spec, the resolved path and a content hash of the weight files
+    (a directory is hashed over its weights, config and manifest; the bundled default over its GGUF). Two runs
+    with the same hash used the same model, whatever its directory was called."""
+    if spec == TINY_MODEL:
+        return {"spec": spec, "path": "", "sha256": "built-from-config"}
+    path = default_gguf_path() if spec in (DEFAULT_MODEL, "default") else Path(spec).expanduser()
+    if path.is_dir():
+        files = sorted({f for pattern in WEIGHT_FILES for f in path.glob(pattern) if f.is_file()})
+    elif path.is_file():
+        files = [path]
+    else:  # a hub id: nothing local to hash
+        return {"spec": spec, "path": "", "sha256": ""}
+    return {"spec": spec, "path": str(path.resolve()), "sha256": _hash_files(files)}
+
+
+def _hash_files(files: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode())
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]

@@ -73,3 +73,94 @@ def test_locality_references_without_words_are_dropped():
 def test_bad_mode_is_rejected():
     with pytest.raises(ValueError, match="mode 'parallel'"):
         EvalConfig(mode="parallel")
+
+
+class RecordingEditor(UneditedEditor):
+    """The unedited model, remembering what it was asked to apply and which prompts it answered."""
+
+    name = "recording"
+
+    def __init__(self, loaded):
+        super().__init__(loaded)
+        self.applied, self.prompts = [], []
+
+    def apply(self, edits):
+        self.applied.append([e.id for e in edits])
+
+    def score(self, queries, targets):
+        self.prompts += [q.prompt for q in queries]
+        return super().score(queries, targets)
+
+
+@pytest.mark.parametrize("mode", ["batch", "sequential"])
+def test_score_sample_applies_every_edit_but_scores_a_seeded_sample(tiny, mode):
+    cases = make_cases(6)
+    cfg = EvalConfig(mode=mode, score_sample=2, max_new_tokens=2, fluency_cases=0, progress=False)
+    editor = RecordingEditor(tiny)
+    report = evaluate(editor, cases, UneditedEditor(tiny), cfg)
+    assert sum(len(ids) for ids in editor.applied) == 6  # all six edits applied
+    scored = cfg.scored(6)
+    assert len(scored) == 2 and scored == EvalConfig(score_sample=2).scored(6)  # same seed, same sample
+    assert report["scored_cases"] == 2 and report["n_cases"] == 6
+    assert report["metrics"]["reliability"]["n"] == 2 and report["metrics"]["locality"]["n"] <= 2
+    assert {p for p in editor.prompts if p.endswith("located in")} == {cases[i].edit.prompt for i in scored}
+
+
+@pytest.mark.parametrize("mode", ["batch", "sequential"])
+def test_extra_edits_are_applied_first_and_never_scored(tiny, mode):
+    cases = make_cases(2)
+    extra = [Edit(subject=f"Bridge {i}", prompt=f"Bridge {i} crosses the", target_new="Nile") for i in range(3)]
+    editor = RecordingEditor(tiny)
+    cfg = EvalConfig(mode=mode, max_new_tokens=2, fluency_cases=0, progress=False)
+    report = evaluate(editor, cases, UneditedEditor(tiny), cfg, extra_edits=extra)
+    assert editor.applied[0][:3] == [e.id for e in extra]
+    assert report["extra_edits"] == 3 and report["metrics"]["reliability"]["n"] == 2
+    assert not any("Bridge" in p for p in editor.prompts)
+
+
+def test_extra_edits_are_refused_in_single_mode(tiny):
+    extra = [Edit(subject="Bridge", prompt="Bridge crosses the", target_new="Nile")]
+    with pytest.raises(ValueError, match="batch or sequential"):
+        evaluate(UneditedEditor(tiny), make_cases(1), UneditedEditor(tiny),
+                 EvalConfig(mode="single", progress=False), extra_edits=extra)
+
+
+def test_report_records_the_models_identity(tiny):
+    report = evaluate(UneditedEditor(tiny), make_cases(1), UneditedEditor(tiny),
+                      EvalConfig(mode="batch", max_new_tokens=2, fluency_cases=0, progress=False))
+    assert report["model_identity"]["spec"] == "tiny-random" and report["harness_version"] == 3
+    assert "retrieval" not in report  # the unedited model retrieves nothing
+
+
+def test_model_identity_hashes_the_weights(tmp_path):
+    from lte.models import model_identity
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"weights-a")
+    first = model_identity(str(tmp_path))
+    assert first["path"] == str(tmp_path.resolve()) and len(first["sha256"]) == 16
+    (tmp_path / "model.safetensors").write_bytes(b"weights-b")
+    assert model_identity(str(tmp_path))["sha256"] != first["sha256"]
+
+
+class FixedRetrieval(OracleContextEditor):
+    """Passes the gold edit to every prompt that names 'Tower 0', nothing to the others."""
+
+    name = "fixed"
+
+    def passed_edits(self, queries):
+        return [[e.id for e in q.case_edits] if "Tower 0" in q.prompt or "land 0" in q.prompt else []
+                for q in queries]
+
+
+def test_retrieval_precision_and_recall_are_reported_for_retrieving_editors(tiny):
+    cfg = EvalConfig(mode="batch", max_new_tokens=2, fluency_cases=0, progress=False)
+    report = evaluate(FixedRetrieval(tiny), make_cases(2), UneditedEditor(tiny), cfg)
+    retrieval = report["retrieval"]
+    # Case 0: rewrite and paraphrase get their edit (2 true passes), its locality probe gets one too (false pass);
+    # case 1 gets nothing: recall 2 of 4, precision 2 of 3.
+    assert retrieval["recall"] == 0.5 and retrieval["precision"] == round(2 / 3, 4)
+    assert retrieval["facets"]["reliability"]["rate"] == 0.5
+    if "locality" in retrieval["facets"]:
+        assert retrieval["facets"]["locality"]["rate"] <= 0.5
+    assert "retrieval: precision" in format_table(report)

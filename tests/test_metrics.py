@@ -37,3 +37,11 @@ def test_token_acc_and_gen_acc_on_targets_the_model_surely_does_or_does_not_pred
     assert sure.mean_logprob > never.mean_logprob
     assert not contains_answer(own, [other + "zz"])
     assert pytest.approx(sum(sure.logprobs) / len(sure.logprobs)) == sure.mean_logprob
+
+
+def test_answers_match_whole_words_only():
+    assert contains_answer("It is in Goa, India", ["Goa"])
+    assert not contains_answer("A goat farm", ["Goa"])
+    assert contains_answer("He speaks English.", ["english"])
+    assert not contains_answer("Englishman", ["English"])
+    assert contains_answer("Franche-Comté", ["Franche-Comté"]) and contains_answer("C++ is", ["C++"])

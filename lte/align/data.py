@@ -1,9 +1,14 @@
 """Build the alignment set: chat conversations teaching the model to use relevant updated facts and ignore others.
 
-Three kinds of rows, all rendered with `lte.prompting` (the template inference uses):
-- in_scope: 1–3 facts, one of which answers the request (at a random position) → the new answer;
-- out_of_scope: facts that do not answer the request (near neighbours: same relation other subject, or same subject
-  other relation) → the base model's own answer without facts (self-distilled, so behaviour does not shift);
+Kinds of rows, all rendered with `lte.prompting` (the template inference uses):
+- in_scope: 1–3 facts, one of which answers the request (at a random position) → the new answer. The request is the
+  edit's own prompt or one of many paraphrases (clozes and questions); table facts are worded as a statement, a
+  completed cloze or a question and answer, the shapes `Edit.statement` takes for real datasets;
+- out_of_scope: facts that do not answer the request → the base model's own answer without facts (self-distilled,
+  so behaviour does not shift). Four sorts, in fixed shares (`OUT_OF_SCOPE_SORTS`): the **same subject asked about
+  another relation** (what the relevance gate cannot tell by the subject), another subject asked about the **same
+  relation**, the edit's own question with the fact about a **similar-sounding subject** ("Lionel Messina" for
+  "Lionel Messi"), and unrelated distractors only;
 - no_facts: some out-of-scope requests again with no fact block at all, as inference sends them when the relevance
   gate passes nothing → the same self-distilled answer (keeps the aligned model's unconditional answers the base's);
 - linguistic: facts + a general instruction → the base model's own response;
@@ -30,24 +35,25 @@ from tqdm.auto import tqdm
 from lte import prompting
 from lte.datasets import load_cases
 from lte.models import LoadedModel
-from lte.schema import Edit, EditCase, Probe
+from lte.schema import Edit, EditCase, Probe, default_statement
 from lte.scoring import ModelRunner
 
 
 @dataclass
 class AlignDataConfig:
-    """in_scope / out_of_scope / linguistic / describe: number of rows of each kind (about 1,200 rows with the
-    no-fact copies: one epoch at batch 8 is ~150 steps, ~9.5 s each for the default model on 2 CPU cores). max_facts: facts per
-    context (1–3). no_facts_share: share of out-of-scope rows repeated without any fact block.
+    """in_scope / out_of_scope / linguistic / describe: number of rows of each kind (about 1,480 rows with the
+    no-fact copies: one epoch at batch 8 is ~185 steps, ~6.7 s each for the default model on 2 CPU cores).
+    max_facts: facts per context (1–3). no_facts_share: share of out-of-scope rows repeated without any fact block
+    (few: inference sends fact-less prompts to the unedited model, so these only keep the aligned model usable alone).
     table_edits: counterfactual edits sampled from the shipped tables. distill_tokens / instruction_tokens: length of
     the base model's self-distilled answers."""
 
-    in_scope: int = 550
-    out_of_scope: int = 380
-    linguistic: int = 70
-    describe: int = 90
+    in_scope: int = 700
+    out_of_scope: int = 480
+    linguistic: int = 60
+    describe: int = 150
     max_facts: int = 3
-    no_facts_share: float = 0.33
+    no_facts_share: float = 0.2
     table_edits: int = 600
     distill_tokens: int = 24
     instruction_tokens: int = 64
@@ -70,7 +76,8 @@ class Row:
 # ---------------------------------------------------------------- sources
 
 def table_cases(n: int, rng: random.Random) -> list[EditCase]:
-    """Counterfactual edits from the shipped tables, each with question paraphrases and neighbour probes."""
+    """Counterfactual edits from the shipped tables, each with paraphrases (clozes and questions) and neighbour
+    probes whose `kind` says whether they ask about another subject or about another relation of the same one."""
     entities = json.loads(data_path("entities.json").read_text())
     relations = json.loads(data_path("relations.json").read_text())
     cases = []
@@ -78,17 +85,48 @@ def table_cases(n: int, rng: random.Random) -> list[EditCase]:
         relation = rng.choice(relations)
         subject, other = rng.sample(entities[relation["subject"]], 2)
         target = rng.choice([o for o in entities[relation["object"]] if o != subject])
+        forms = [relation["cloze"]] + relation["questions"] + relation.get("paraphrases", [])
         edit = Edit(subject=subject, prompt=relation["cloze"].format(subject), target_new=target,
-                    statement=relation["statement"].format(subject, target), relation=relation["id"],
+                    statement=table_statement(relation, forms, subject, target, rng), relation=relation["id"],
                     source="lte-tables")
         same_subject = [r for r in relations if r["subject"] == relation["subject"] and r["id"] != relation["id"]]
-        neighbours = [relation["cloze"].format(other), rng.choice(relation["questions"]).format(other)]
+        neighbours = [Probe(relation["cloze"].format(other), kind=OTHER_SUBJECT),
+                      Probe(rng.choice(relation["questions"]).format(other), kind=OTHER_SUBJECT)]
         other_relations = rng.sample(same_subject, min(2, len(same_subject)))  # as many as other-subject probes
-        neighbours += [rng.choice([r["cloze"]] + r["questions"]).format(subject) for r in other_relations]
+        neighbours += [Probe(rng.choice([r["cloze"]] + r["questions"]).format(subject), kind=OTHER_RELATION)
+                       for r in other_relations]
         cases.append(EditCase.from_edits(
-            f"table-{i}", [edit], paraphrases=[Probe(q.format(subject), (target,)) for q in relation["questions"]],
-            locality=[Probe(q) for q in neighbours]))
+            f"table-{i}", [edit], paraphrases=[Probe(q.format(subject), (target,)) for q in forms[1:]],
+            locality=neighbours))
     return cases
+
+
+def table_statement(relation: dict, forms: Sequence[str], subject: str, target: str, rng: random.Random) -> str:
+    """Half the time the relation's own sentence; otherwise a cloze or question completed with the answer, which is
+    how `Edit.statement` reads for dataset edits that carry no statement ('Where is X? Goa.')."""
+    if rng.random() < 0.5:
+        return relation["statement"].format(subject, target)
+    return default_statement(rng.choice(forms).format(subject), target)
+
+
+OTHER_SUBJECT, OTHER_RELATION = "other_subject", "other_relation"
+# Knowledge-editing datasets name their same-subject probes like this (KnowEdit's locality).
+SAME_SUBJECT_KINDS = {OTHER_RELATION, "Relation_Specificity"}
+
+
+def similar_subject(subject: str, names: Sequence[str], rng: random.Random) -> str:
+    """A name that looks like `subject` but is another entity: one word swapped for a word of another name, or a
+    suffix added ('Lionel Messi' → 'Lionel Bolt', 'Toyota' → 'Toyota Holdings')."""
+    words = subject.split()
+    donors = [w for name in names for w in name.split() if w.lower() not in subject.lower() and w[:1].isupper()]
+    if len(words) > 1 and donors and rng.random() < 0.7:
+        position = rng.randrange(len(words))
+        words[position] = rng.choice(donors)
+        return " ".join(words)
+    return f"{subject} {rng.choice(SUFFIXES)}"
+
+
+SUFFIXES = ("Holdings", "Junior", "II", "Institute", "Foundation", "Group", "Tower", "Academy")
 
 
 # ---------------------------------------------------------------- rows
@@ -96,7 +134,11 @@ def table_cases(n: int, rng: random.Random) -> list[EditCase]:
 def facts_with(relevant: str | None, pool: Sequence[EditCase], cfg: AlignDataConfig, rng: random.Random) -> tuple:
     """1..max_facts statements: `relevant` (if any) at a random position among random distractors."""
     count = rng.randint(1, cfg.max_facts)
-    facts = [rng.choice(pool).edit.statement for _ in range(count - (relevant is not None))]
+    facts: list[str] = []
+    while len(facts) < count - (relevant is not None):
+        statement = rng.choice(pool).edit.statement
+        if statement != relevant and statement not in facts:
+            facts.append(statement)
     if relevant is not None:
         facts.insert(rng.randint(0, len(facts)), relevant)
     return tuple(facts)
@@ -112,15 +154,30 @@ def in_scope_rows(cases: Sequence[EditCase], cfg: AlignDataConfig, rng: random.R
     return rows
 
 
+OUT_OF_SCOPE_SORTS = (("other_relation", 0.3), ("other_subject", 0.3), ("similar_subject", 0.2),
+                      ("distractors", 0.2))
+
+
 def out_of_scope_rows(cases: Sequence[EditCase], cfg: AlignDataConfig, rng: random.Random) -> list[Row]:
-    """Near misses: the case's own fact is in the context but the request is about something else."""
-    with_probes = [c for c in cases if c.locality]
+    """Near misses: a fact close to the request is in the context, but it does not answer it."""
+    same_subject = [c for c in cases if any(p.kind in SAME_SUBJECT_KINDS for p in c.locality)]
+    other_subject = [c for c in cases if any(p.kind not in SAME_SUBJECT_KINDS for p in c.locality)]
+    names = sorted({c.edit.subject for c in cases})
     rows = []
-    for i in range(cfg.out_of_scope):
-        case = rng.choice(with_probes)
-        probe = rng.choice(case.locality)
-        relevant = case.edit.statement if i % 4 else None  # a quarter: only random distractors
-        rows.append(Row("out_of_scope", probe.prompt, facts_with(relevant, cases, cfg, rng)))
+    for sort, share in OUT_OF_SCOPE_SORTS:
+        for _ in range(round(cfg.out_of_scope * share)):
+            if sort == "similar_subject":
+                case = rng.choice(cases)
+                probe = rng.choice(case.rewrite + case.paraphrases)
+                twin = similar_subject(case.edit.subject, names, rng)
+                relevant = re.sub(re.escape(case.edit.subject), twin, case.edit.statement, flags=re.IGNORECASE)
+            else:
+                pool = same_subject if sort == "other_relation" else other_subject
+                case = rng.choice(pool or cases)
+                wanted = [p for p in case.locality if (p.kind in SAME_SUBJECT_KINDS) == (sort == "other_relation")]
+                probe = rng.choice(wanted or case.locality or case.rewrite)
+                relevant = None if sort == "distractors" else case.edit.statement
+            rows.append(Row("out_of_scope", probe.prompt, facts_with(relevant, cases, cfg, rng)))
     return rows
 
 

@@ -19,10 +19,13 @@ def register(commands) -> None:
         "editors use its base model.")
     parser.add_argument("--editors", nargs="+", default=defaults.editors, choices=EDITORS, metavar="EDITOR")
     parser.add_argument("--datasets", nargs="+", default=defaults.datasets, metavar="NAME|LABEL=PATH",
-                        help=f"known: {', '.join(DATASETS)}; or label=path for any dataset file")
+                        help=f"known: {', '.join(DATASETS)} (default: {', '.join(defaults.datasets)}); or "
+                        "label=path for any dataset file")
     parser.add_argument("--modes", nargs="+", default=defaults.modes, choices=["single", "batch", "sequential"])
     parser.add_argument("--n", nargs="+", type=int, default=defaults.ns, dest="ns", help="cases per cell (scale axis)")
     parser.add_argument("--budget", type=float, default=defaults.budget_s, help="most seconds per cell")
+    parser.add_argument("--score-sample", type=int, metavar="K",
+                        help="apply all n cases' edits but score a seeded sample of K (cells keyed with __sK)")
     parser.add_argument("--out", default=str(defaults.out), help="output directory (default bench-out)")
     parser.add_argument("--quick", action="store_true", help="small preset: n=10, sequential (minutes)")
     parser.add_argument("--results-md", help="where to write RESULTS.md")
@@ -40,7 +43,7 @@ def run(args, settings) -> int:
     from lte.bench import cached_cells, run_bench, write_reports
 
     cfg = BenchConfig(editors=args.editors, datasets=args.datasets, modes=args.modes, ns=args.ns,
-                      budget_s=args.budget, out=Path(args.out))
+                      budget_s=args.budget, score_sample=args.score_sample, out=Path(args.out))
     if args.quick:
         cfg.ns, cfg.modes = QUICK["ns"], QUICK["modes"]
     if args.plan:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lte.datasets import load_cases
+from lte.datasets import load_cases, load_edits
 from lte.editors import EDITORS, build_editor
 from lte.harness import MODES, EvalConfig, evaluate, format_table
 from lte.models import load_model
@@ -22,6 +22,12 @@ def register(commands) -> None:
     parser.add_argument("--dataset", required=True, help="dataset file (any format lte reads) or hub name")
     parser.add_argument("--limit", type=int, help="first N cases")
     parser.add_argument("--mode", choices=MODES, default="single", help="single | batch | sequential")
+    parser.add_argument("--score-sample", type=int, metavar="K",
+                        help="apply the edits of every case but score a seeded sample of K cases (mass editing)")
+    parser.add_argument("--extra-edits", nargs="+", default=[], metavar="FILE",
+                        help="edits (any format lte reads) applied before the dataset's and never scored, e.g. "
+                        "to score 500 cases in a store of 10,000 edits; needs --mode batch or sequential")
+    parser.add_argument("--seed", type=int, default=EvalConfig.seed, help="seed of the scored sample")
     parser.add_argument("--out", help="write the report as JSON here")
     parser.add_argument("--batch-size", type=int, default=16, help="prompts per forward pass")
     parser.add_argument("--max-new-tokens", type=int, default=EvalConfig.max_new_tokens)
@@ -59,13 +65,17 @@ def parse_settings(pairs: list[str]) -> dict:
 
 def run(args, settings) -> int:
     cfg = EvalConfig(mode=args.mode, limit=args.limit, max_new_tokens=args.max_new_tokens,
-                     fluency_cases=args.fluency_cases, progress=not args.no_progress)
+                     fluency_cases=args.fluency_cases, score_sample=args.score_sample, seed=args.seed,
+                     progress=not args.no_progress)
+    if args.extra_edits and args.mode == "single":
+        raise ValueError("--extra-edits needs --mode batch or sequential (single mode restores after every case)")
     cases = load_cases(args.dataset, limit=args.limit)
+    extra = [edit for path in args.extra_edits for edit in load_edits(path)]
     loaded = load_model(settings.model, settings.home)
     editor = build_editor(args.editor, settings, loaded, **editor_options(args))
     reference_model = loaded if loaded.base_spec == loaded.spec else load_model(loaded.base_spec, settings.home)
     reference = build_editor("none", settings, reference_model, batch_size=args.batch_size)
-    report = evaluate(editor, cases, reference, cfg, dataset=str(args.dataset))
+    report = evaluate(editor, cases, reference, cfg, dataset=str(args.dataset), extra_edits=extra)
     print(format_table(report))
     if args.out:
         out = Path(args.out)
