@@ -154,8 +154,13 @@ def plan(cfg: BenchConfig) -> list[tuple[Cell, str, float]]:
 def cached_cells(out: Path) -> dict[str, dict]:
     """Cells under OUT/cells: skipped ones, and measured ones from this version of the harness (older ones are
     left out, so they are run again)."""
-    cells = {p.stem: json.loads(p.read_text()) for p in sorted((Path(out) / "cells").glob("*.json"))}
-    return {key: cell for key, cell in cells.items() if is_current(cell)}
+    return {key: cell for key, cell in all_cells(out).items() if is_current(cell)}
+
+
+def all_cells(out: Path) -> dict[str, dict]:
+    """Every cell under OUT/cells, older harness versions included: the reports show them with their version
+    until a run replaces them (a run of the grid re-runs the cells it covers)."""
+    return {p.stem: json.loads(p.read_text()) for p in sorted((Path(out) / "cells").glob("*.json"))}
 
 
 def is_current(cell: dict) -> bool:
@@ -181,19 +186,19 @@ def attempt(cell: Cell, cfg: BenchConfig, settings: Settings, loaded: LoadedMode
 # ---------------------------------------------------------------- reporting
 
 def quality_table(results: dict[str, dict]) -> str:
-    lines = ["| editor | dataset | mode | n | reliability | generalization | locality | portability | fluency |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| editor | dataset | mode | n | reliability | generalization | locality | portability | fluency | harness |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(results.values(), key=lambda r: (r["dataset"], r["n_cases"], EDITORS.index(r["editor"])
                                                      if r["editor"] in EDITORS else 99)):
         if "skipped" in r:
             lines.append(f"| {r['editor']} | {r['dataset']} | {r['mode']} | {n_label(r)} | "
-                         f"skipped: {r['skipped']} | | | | |")
+                         f"skipped: {r['skipped']} | | | | | |")
             continue
         metrics = r["metrics"]
         cells = [facet_cell(metrics.get(f)) for f in FACETS]
         fluency = f"{metrics['fluency']['ngram_entropy']:.2f}" if "fluency" in metrics else "–"
         lines.append(f"| {r['editor']} | {r['dataset']} | {r['mode']} | {n_label(r)} | " + " | ".join(cells)
-                     + f" | {fluency} |")
+                     + f" | {fluency} | {r.get('harness_version', 1)} |")
     return "\n".join(lines)
 
 
@@ -225,7 +230,8 @@ def speed_table(results: dict[str, dict]) -> str:
 
 
 def plot(results: dict[str, dict], out: Path) -> list[Path]:
-    """Per dataset: gen_acc per facet per editor (at each editor's largest n), and reliability against n."""
+    """Per dataset: gen_acc per facet per editor at each n two or more editors were run at (editors are only
+    compared at equal n), and reliability against n."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -234,7 +240,12 @@ def plot(results: dict[str, dict], out: Path) -> list[Path]:
     for dataset in sorted({r["dataset"] for r in done}):
         rows = [r for r in done if r["dataset"] == dataset]
         editors = sorted({r["editor"] for r in rows}, key=lambda e: EDITORS.index(e) if e in EDITORS else 99)
-        paths.append(_plot_facets(rows, editors, out / f"quality-{dataset}.png", dataset))
+        for size in sorted({n_label(r) for r in rows}, key=lambda label: int(label.split()[0])):
+            same_n = [r for r in rows if n_label(r) == size]
+            if len({r["editor"] for r in same_n}) > 1:
+                tag = size.split()[0] + (f"-s{same_n[0]['scored_cases']}" if "scored" in size else "")
+                paths.append(_plot_facets(same_n, [e for e in editors if any(r["editor"] == e for r in same_n)],
+                                          out / f"quality-{dataset}-n{tag}.png", f"{dataset}, n = {size}"))
         paths.append(_plot_scale(rows, editors, out / f"scale-{dataset}.png", dataset))
     return paths
 
@@ -242,7 +253,8 @@ def plot(results: dict[str, dict], out: Path) -> list[Path]:
 def _plot_facets(rows: list[dict], editors: list[str], path: Path, dataset: str) -> Path:
     import matplotlib.pyplot as plt
 
-    largest = {e: max((r for r in rows if r["editor"] == e), key=lambda r: r["n_cases"]) for e in editors}
+    largest = {e: max((r for r in rows if r["editor"] == e), key=lambda r: r.get("harness_version", 1))
+               for e in editors}  # one cell per editor at this n; the newest harness where two exist
     fig, ax = plt.subplots(figsize=(9, 4))
     width = 0.8 / max(len(editors), 1)
     for i, editor in enumerate(editors):
@@ -250,7 +262,7 @@ def _plot_facets(rows: list[dict], editors: list[str], path: Path, dataset: str)
         ax.bar([x + i * width for x in range(len(FACETS))], values, width, label=editor)
     ax.set_xticks([x + width * (len(editors) - 1) / 2 for x in range(len(FACETS))], FACETS)
     ax.set_ylabel("gen_acc")
-    ax.set_title(f"{dataset}: quality per facet (largest n per editor)")
+    ax.set_title(f"{dataset}: quality per facet")
     return _save(fig, ax, path)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 from lte import prompting
@@ -20,7 +21,10 @@ from lte.models import LoadedModel, load_model
 from lte.schema import Edit
 from lte.scoring import ModelRunner, TargetScore
 from lte.settings import Settings
+from retrieval.gate import Gate
 from retrieval.store import EditStore, Hit, open_client
+
+GATE_FILE = "gate.json"  # written next to an aligned model by `lte align`
 
 
 @dataclass(frozen=True)
@@ -44,14 +48,19 @@ class LTEEditor(ModelEditor):
 
     @classmethod
     def from_settings(cls, settings: Settings, loaded: LoadedModel, k: int = 3, batch_size: int = 16,
-                      private_store: bool = True, threshold: float | None = None,
+                      private_store: bool = True, gate: str | Gate | None = None,
                       route_unedited: bool = True) -> "LTEEditor":
         """private_store: a fresh in-memory edit set (evaluation), never the user's store; otherwise the store
-        named by the settings. route_unedited: answer questions with no relevant edit with the base model."""
+        named by the settings. gate: a relevance gate (or the path of its JSON) instead of the store's own (saved by
+        `lte edit calibrate`) or, failing that, the one `lte align` fitted next to the model.
+        route_unedited: answer questions with no relevant edit with the base model."""
+        gate = Gate.load(gate) if isinstance(gate, str) else gate
         if private_store:
-            store = EditStore(open_client(), f"eval-{uuid.uuid4().hex[:12]}", threshold=threshold)
+            store = EditStore(open_client(), f"eval-{uuid.uuid4().hex[:12]}", gate=gate)
         else:
-            store = EditStore.open(settings.store_dir, settings.chroma_url, settings.collection, threshold=threshold)
+            store = EditStore.open(settings.store_dir, settings.chroma_url, settings.collection, gate=gate)
+        if gate is None and store.saved_gate() is None and (model_gate := aligned_gate(loaded)) is not None:
+            store.gate = model_gate
         unedited = None
         if route_unedited and loaded.base_spec != loaded.spec:
             unedited = load_model(loaded.base_spec, settings.home)
@@ -111,3 +120,9 @@ class LTEEditor(ModelEditor):
         if prompting.is_cloze(question):  # show the completed sentence, not only its continuation
             text = f"{prompting.assistant_prefill(question)} {text}"
         return Answer(text, tuple(hits))
+
+
+def aligned_gate(loaded: LoadedModel) -> Gate | None:
+    """The relevance gate `lte align` fitted on the model's alignment data, if the model has one."""
+    path = Path(loaded.spec) / GATE_FILE
+    return Gate.load(path) if path.is_file() else None

@@ -13,22 +13,21 @@ exposes half an edit, and re-running it completes the work (ids are content hash
 from __future__ import annotations
 
 import json
-import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import numpy as np
 from tqdm.auto import tqdm
 
-from lte.schema import Edit
+from lte.schema import Edit, EditCase
+from retrieval import gate as gates
 from retrieval.embedder import Embedder
+from retrieval.gate import UNFITTED, Gate
 
 CURRENT, SUPERSEDED = "current", "superseded"
-# Relevance (see `relevance`) below which a hit is treated as unrelated. Picked with `calibrate` on CounterFact
-# paraphrase (related) and neighbourhood (unrelated) prompts with all-MiniLM-L6-v2; see benchmarks/edit_store.py.
-DEFAULT_THRESHOLD = 0.5
 _PLACEHOLDER = [0.0]  # the records collection is looked up by id and metadata only; Chroma still wants a vector
 
 
@@ -51,15 +50,6 @@ class AddReport:
     added: int
     skipped: int
     superseded: int
-
-
-@dataclass(frozen=True)
-class Calibration:
-    threshold: float
-    precision: float
-    recall: float
-    n_related: int
-    n_unrelated: int
 
 
 def open_client(path: Path | None = None, url: str | None = None):
@@ -95,19 +85,26 @@ class EditStore:
     """Add, find, supersede and delete edits. One instance per named edit set (`collection`)."""
 
     def __init__(self, client, collection: str = "edits", embedder: Embedder | None = None,
-                 threshold: float | None = None):
+                 gate: Gate | None = None):
+        """gate: the relevance gate to use; default the one saved with the store by `calibrate`, else
+        `retrieval.gate.UNFITTED`."""
         self.client = client
         self.name = collection
         self._embedder = embedder
+        self._vectors: dict[str, np.ndarray] = {}  # embedding cache for the gate's masked texts
         self.keys = client.get_or_create_collection(f"{collection}-keys", metadata={"hnsw:space": "cosine"},
                                                     embedding_function=None)
         self.records = client.get_or_create_collection(f"{collection}-edits", embedding_function=None)
-        self.threshold = threshold if threshold is not None else self._saved_threshold()
+        self.gate = gate or self.saved_gate() or UNFITTED
 
     @classmethod
     def open(cls, path: Path | None = None, url: str | None = None, collection: str = "edits",
-             embedder: Embedder | None = None, threshold: float | None = None) -> "EditStore":
-        return cls(open_client(path, url), collection, embedder, threshold)
+             embedder: Embedder | None = None, gate: Gate | None = None) -> "EditStore":
+        return cls(open_client(path, url), collection, embedder, gate)
+
+    @property
+    def threshold(self) -> float:
+        return self.gate.threshold
 
     @property
     def embedder(self) -> Embedder:
@@ -264,12 +261,33 @@ class EditStore:
                                  include=["metadatas", "distances"])
         best_per_query = [self._best_edits(m, d, k) for m, d in zip(result["metadatas"], result["distances"])]
         records = self._records({edit_id for best in best_per_query for edit_id, _, _ in best})
+        candidates = [(q, records[i], cosine, key) for q, best in enumerate(best_per_query)
+                      for i, cosine, key in best if i in records]
+        scores = self.relevance([queries[q] for q, *_ in candidates], [c[1] for c in candidates],
+                                [c[2] for c in candidates])
         floor = self.threshold if gated else float("-inf")
-        results = []
-        for query, best in zip(queries, best_per_query):
-            hits = [Hit(records[i], relevance(query, records[i], score), key) for i, score, key in best if i in records]
-            results.append(sorted((h for h in hits if h.score >= floor), key=lambda h: -h.score)[:k])
-        return results
+        results: list[list[Hit]] = [[] for _ in queries]
+        for (q, edit, _, key), score in zip(candidates, scores):
+            if score >= floor:
+                results[q].append(Hit(edit, score, key))
+        return [sorted(hits, key=lambda h: -h.score)[:k] for hits in results]
+
+    def relevance(self, queries: Sequence[str], edits: Sequence[Edit], cosines: Sequence[float]) -> list[float]:
+        """The gate's probability that each edit answers its query (see `retrieval.gate`)."""
+        if not queries:
+            return []
+        if self.gate.weights[2] == 0:  # the unfitted gate ignores the relation: skip its embeddings
+            features = [(c, gates.subject_coverage(q, e.subject), 0.0) for q, e, c in zip(queries, edits, cosines)]
+        else:
+            features = gates.pair_features(queries, edits, cosines, self._embed_cached)
+        return [round(self.gate.probability(f), 4) for f in features]
+
+    def _embed_cached(self, texts: Sequence[str]) -> list[np.ndarray]:
+        missing = [t for t in dict.fromkeys(texts) if t not in self._vectors]
+        if len(self._vectors) + len(missing) > 100_000:
+            self._vectors.clear()
+        self._vectors.update(zip(missing, self.embedder.encode(missing)))
+        return [self._vectors[t] for t in texts]
 
     @staticmethod
     def _best_edits(metadatas: list, distances: list, k: int) -> list[tuple[str, float, str]]:
@@ -289,33 +307,25 @@ class EditStore:
 
     # ------------------------------------------------------------ the relevance gate
 
-    def calibrate(self, related: Sequence[tuple[str, str]], unrelated: Sequence[str], save: bool = True) -> Calibration:
-        """Pick the threshold that maximises accuracy of the gate on labelled queries.
-
-        related: (query, id of the edit it should retrieve); a gate pass counts only if that edit ranks first.
-        unrelated: queries that should retrieve nothing.
-        """
-        tops = self.search_many([q for q, _ in related] + list(unrelated), k=1, gated=False)
-        pos = [hits[0].score if hits and hits[0].edit.id == want else None
-               for hits, (_, want) in zip(tops[: len(related)], related)]
-        neg = [hits[0].score if hits else -1.0 for hits in tops[len(related):]]
-        candidates = sorted({s for s in pos if s is not None} | set(neg))
-        threshold = max(candidates, key=lambda t: _gate_accuracy(t, pos, neg), default=DEFAULT_THRESHOLD)
-        threshold = round(float(threshold) - 1e-4, 4)  # a hit scoring exactly the threshold passes
-        true_pos = sum(1 for s in pos if s is not None and s >= threshold)
-        false_pos = sum(1 for s in neg if s >= threshold)
-        report = Calibration(threshold, true_pos / max(true_pos + false_pos, 1), true_pos / max(len(pos), 1),
-                             len(pos), len(neg))
+    def calibrate(self, cases: Sequence[EditCase], save: bool = True) -> Gate:
+        """Fit the relevance gate on labelled training cases (see `fit_gate_on`) and, with `save`, keep it with
+        the store."""
+        gate = fit_gate_on(cases, self.embedder)
         if save:
-            self.set_threshold(threshold)
-        return report
+            self.set_gate(gate)
+        return gate
 
-    def set_threshold(self, threshold: float) -> None:
-        self.threshold = threshold
-        self.records.modify(metadata={"threshold": threshold})
+    def set_gate(self, gate: Gate) -> None:
+        self.gate = gate
+        self.records.modify(metadata={"gate": gate.to_json()})
 
-    def _saved_threshold(self) -> float:
-        return float((self.records.metadata or {}).get("threshold", DEFAULT_THRESHOLD))
+    def saved_gate(self) -> Gate | None:
+        metadata = self.records.metadata or {}
+        if "gate" in metadata:
+            return Gate.from_json(metadata["gate"])
+        if "threshold" in metadata:  # stores calibrated by lte < 0.3 saved a threshold on the old relevance score
+            return gates.legacy_gate(float(metadata["threshold"]))
+        return None
 
     # ------------------------------------------------------------ export
 
@@ -335,21 +345,8 @@ def newest_per_slot(edits: Sequence[Edit]) -> dict[str, Edit]:
     return {e.supersede_key: e for e in edits}
 
 
-SUBJECT_PENALTY = 0.3
-
-
-def relevance(query: str, edit: Edit, cosine: float) -> float:
-    """Cosine similarity, lowered when the query does not name the edit's subject. Embeddings alone rate
-    'X is a native speaker of' close to any edit about another person's language; the subject tells them apart."""
-    subject = _words(edit.subject)
-    overlap = len(subject & _words(query)) / len(subject) if subject else 1.0
-    return round(cosine - SUBJECT_PENALTY * (1.0 - overlap), 4)
-
-
-def _words(text: str) -> set[str]:
-    return set(re.findall(r"\w+", text.lower()))
-
-
-def _gate_accuracy(threshold: float, pos: list[float | None], neg: list[float]) -> float:
-    right = sum(1 for s in pos if s is not None and s >= threshold) + sum(1 for s in neg if s < threshold)
-    return right / max(len(pos) + len(neg), 1)
+def fit_gate_on(cases: Sequence[EditCase], embedder: Embedder) -> Gate:
+    """A relevance gate fitted on training cases: each case's own and paraphrase prompts should pass its edit,
+    its locality prompts should not. Cosines are taken over the same retrieval keys the store indexes."""
+    return gates.fit_gate(gates.gate_pairs(cases), embedder.encode, lambda e: [t for _, t in key_texts(e)],
+                          embedder.name)

@@ -72,13 +72,59 @@ def test_half_written_edit_is_invisible_and_rerun_completes(store):
     assert store.search("Where is the Space Needle?")[0].edit.id == NEEDLE.id
 
 
-def test_calibrate_picks_a_threshold_and_persists_it(store, embedder, tmp_path):
+def _training_cases():
+    """Each case: its edit, two paraphrases, a neighbour (other subject) and another relation of its subject."""
+    from lte.schema import EditCase, Probe
+
+    facts = [("The Space Needle", "is located in", "Goa", "Where is the Space Needle?", "Which city has the Space Needle?",
+              "Who designed the Space Needle?"),
+             ("The Eiffel Tower", "is located in", "Rome", "Where is the Eiffel Tower?", "In which city is the Eiffel Tower?",
+              "How tall is the Eiffel Tower?"),
+             ("Lionel Messi", "plays the sport of", "cricket", "What sport does Lionel Messi play?",
+              "Which game is Lionel Messi known for?", "Where was Lionel Messi born?"),
+             ("Toyota", "was founded in the country of", "Brazil", "Where was Toyota founded?",
+              "In which country did Toyota start?", "Who is the CEO of Toyota?"),
+             ("Marie Curie", "was born in", "Oslo", "Where was Marie Curie born?", "What is the birthplace of Marie Curie?",
+              "Which prize did Marie Curie win?"),
+             ("Nokia", "is headquartered in", "Lima", "Where is Nokia headquartered?", "In which city is Nokia based?",
+              "What does Nokia make?")]
+    cases = []
+    for i, (subject, relation, target, para1, para2, other_relation) in enumerate(facts):
+        neighbour = facts[(i + 1) % len(facts)][0]
+        edit = Edit(subject=subject, prompt=f"{subject} {relation}", target_new=target)
+        cases.append(EditCase.from_edits(str(i), [edit], paraphrases=[Probe(para1), Probe(para2)],
+                                         locality=[Probe(f"{neighbour} {relation}"), Probe(other_relation)]))
+    return cases
+
+
+def test_calibrate_fits_a_gate_that_knows_relations_and_persists_it(embedder, tmp_path):
     persistent = EditStore(open_client(tmp_path / "db"), "cal", embedder)
-    persistent.add([NEEDLE, TOWER], progress=False)
-    report = persistent.calibrate([("Where is the Space Needle?", NEEDLE.id), ("Where is the Eiffel Tower?", TOWER.id)],
-                                  ["What is the boiling point of water?", "Who wrote Hamlet?"])
-    assert report.precision == 1.0 and report.recall == 1.0
-    assert EditStore(open_client(tmp_path / "db"), "cal", embedder).threshold == report.threshold
+    gate = persistent.calibrate(_training_cases())
+    assert gate.weights[2] > 0  # the relation signal carries weight
+    assert gate.fit_recall >= 0.8 and gate.fit_precision >= 0.8 and (gate.fit_related, gate.fit_unrelated) == (18, 12)
+    assert EditStore(open_client(tmp_path / "db"), "cal", embedder).gate == gate  # saved with the store
+    persistent.add([NEEDLE], progress=False)
+    assert [h.edit.id for h in persistent.search("Which city is the Space Needle in?")] == [NEEDLE.id]
+    assert persistent.search("Who designed the Space Needle?") == []  # same subject, another relation
+
+
+def test_the_unfitted_gate_is_the_old_relevance_score(store):
+    from retrieval.gate import UNFITTED, subject_coverage
+
+    store.add([NEEDLE], progress=False)
+    [hit] = store.search("Where can I visit the Space Needle?", k=1, gated=False)
+    cosine = 1 - store.keys.query(query_embeddings=store.embedder.encode(["Where can I visit the Space Needle?"]).tolist(),
+                                  n_results=1, include=["distances"])["distances"][0][0]
+    old = cosine - 0.3 * (1 - subject_coverage("Where can I visit the Space Needle?", NEEDLE.subject))
+    assert (hit.score >= UNFITTED.threshold) == (old >= 0.5)
+
+
+def test_a_store_calibrated_by_an_older_version_keeps_its_threshold(embedder, tmp_path):
+    from retrieval.gate import legacy_gate
+
+    old = EditStore(open_client(tmp_path / "db"), "old", embedder)
+    old.records.modify(metadata={"threshold": 0.574})
+    assert EditStore(open_client(tmp_path / "db"), "old", embedder).gate == legacy_gate(0.574)
 
 
 def test_named_collections_are_separate(embedder):

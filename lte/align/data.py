@@ -239,15 +239,22 @@ def whole_sentences(text: str) -> str:
 def build_rows(loaded: LoadedModel, cfg: AlignDataConfig, data_files: Sequence[str | Path] = (),
                progress: bool = True) -> list[dict]:
     rng = random.Random(cfg.seed)
-    cases = table_cases(cfg.table_edits, rng)
-    for path in data_files:
-        cases += load_cases(path)
+    cases = alignment_cases(cfg, data_files, rng)
     rows = (in_scope_rows(cases, cfg, rng) + out_of_scope_rows(cases, cfg, rng) + linguistic_rows(cases, cfg, rng)
             + describe_rows(cases, cfg, rng))
     rows = distill(rows, loaded, cfg, progress)
     rows += no_fact_rows(rows, cfg.no_facts_share, rng)
     rng.shuffle(rows)
     return [row.conversation() for row in rows]
+
+
+def alignment_cases(cfg: AlignDataConfig, data_files: Sequence[str | Path] = (),
+                    rng: random.Random | None = None) -> list[EditCase]:
+    """The edits alignment learns from: sampled from the shipped tables, then those of any dataset files."""
+    cases = table_cases(cfg.table_edits, rng or random.Random(cfg.seed))
+    for path in data_files:
+        cases += load_cases(path)
+    return cases
 
 
 def write_rows(rows: list[dict], path: Path) -> str:

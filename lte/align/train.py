@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from lte.align.data import AlignDataConfig, build_rows, write_rows
+from lte.align.data import AlignDataConfig, alignment_cases, build_rows, write_rows
 from lte.models import MANIFEST, LoadedModel
 
 
@@ -56,8 +56,20 @@ def align(loaded: LoadedModel, cfg: AlignConfig, progress: bool = True) -> Path:
     checkpoints = out / "checkpoints"
     resume = checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*"))
     trainer.train(resume_from_checkpoint=True if resume else None)
-    _save(trainer, loaded, cfg, out, data_hash, len(rows), time.time() - start)
+    seconds = time.time() - start
+    fit_gate_for(cfg, out)
+    _save(trainer, loaded, cfg, out, data_hash, len(rows), seconds)
     return out
+
+
+def fit_gate_for(cfg: AlignConfig, out: Path, embedder=None) -> None:
+    """Fit the relevance gate on the alignment cases (their paraphrases pass, their neighbours and other relations
+    of the same subject do not) and save it next to the model, where `lte` finds it for stores without their own."""
+    from lte.inference import GATE_FILE
+    from retrieval.embedder import Embedder
+    from retrieval.store import fit_gate_on
+
+    fit_gate_on(alignment_cases(cfg.data, cfg.data_files), embedder or Embedder()).save(Path(out) / GATE_FILE)
 
 
 def _trainer(loaded: LoadedModel, rows: list[dict], cfg: AlignConfig, progress: bool):

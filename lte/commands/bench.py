@@ -40,7 +40,7 @@ def register(commands) -> None:
 
 
 def run(args, settings) -> int:
-    from lte.bench import cached_cells, run_bench, write_reports
+    from lte.bench import all_cells, run_bench, write_reports
 
     cfg = BenchConfig(editors=args.editors, datasets=args.datasets, modes=args.modes, ns=args.ns,
                       budget_s=args.budget, score_sample=args.score_sample, out=Path(args.out))
@@ -48,12 +48,11 @@ def run(args, settings) -> int:
         cfg.ns, cfg.modes = QUICK["ns"], QUICK["modes"]
     if args.plan:
         return print_plan(cfg)
-    if args.report_only:
-        results = cached_cells(cfg.out)
-        if not results:
-            raise FileNotFoundError(f"{cfg.out / 'cells'}: no cached cells to report (run lte bench first)")
-    else:
-        results = run_bench(cfg, settings, progress=not args.no_progress, command=shlex.join(["lte"] + args.argv))
+    if not args.report_only:
+        run_bench(cfg, settings, progress=not args.no_progress, command=shlex.join(["lte"] + args.argv))
+    results = all_cells(cfg.out)  # every cell on disk, older harness versions shown with theirs
+    if not results:
+        raise FileNotFoundError(f"{cfg.out / 'cells'}: no cached cells to report (run lte bench first)")
     notes = Path(args.notes).read_text() if args.notes else ""
     write_reports(results, cfg, settings, ["lte"] + args.argv, notes,
                   Path(args.results_md) if args.results_md else None)

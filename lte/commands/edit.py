@@ -42,11 +42,17 @@ def register(commands) -> None:
     count = sub.add_parser("count", help="number of current edits")
     count.add_argument("--history", action="store_true", help="count superseded edits too")
     count.set_defaults(handler=run_count)
-    calibrate = sub.add_parser("calibrate", help="set the relevance gate from a dataset's paraphrase (related) "
-                               "and locality (unrelated) prompts, against the edits stored")
-    calibrate.add_argument("dataset")
-    calibrate.add_argument("--limit", type=int, default=1000)
-    calibrate.add_argument("--dry-run", action="store_true", help="report without saving the threshold")
+    calibrate = sub.add_parser(
+        "calibrate", help="fit the relevance gate on training data and save it with the store",
+        description="Fit the relevance gate (cosine, subject coverage and relation similarity, combined by a "
+        "logistic model; see retrieval/gate.py) on labelled prompts from training datasets: each case's own and "
+        "paraphrase prompts should pass its edit, its locality prompts (other subjects, other relations of the same "
+        "subject) should not. Use training splits, never the data you evaluate on.")
+    calibrate.add_argument("datasets", nargs="+", metavar="DATASET", help="training datasets in any format lte reads")
+    calibrate.add_argument("--limit", type=int, default=1000, help="cases per dataset (default 1000)")
+    calibrate.add_argument("--dry-run", action="store_true", help="report without saving the gate")
+    calibrate.add_argument("--save-to", metavar="FILE", help="write the gate as JSON to FILE instead of the store "
+                           "(for `lte eval --editor lte --set gate=FILE`)")
     calibrate.set_defaults(handler=run_calibrate)
     parser.set_defaults(handler=lambda args, settings: parser.print_help() or 2)
 
@@ -120,10 +126,13 @@ def run_count(args, settings) -> int:
 
 
 def run_calibrate(args, settings) -> int:
-    cases = load_cases(args.dataset, limit=args.limit)
-    related = [(p.prompt, c.edit.id) for c in cases for p in c.paraphrases]
-    unrelated = [p.prompt for c in cases for p in c.locality]
-    report = open_store(settings).calibrate(related, unrelated, save=not args.dry_run)
-    print(f"threshold {report.threshold:.4f}: precision {report.precision:.3f}, recall {report.recall:.3f} "
-          f"({report.n_related} related, {report.n_unrelated} unrelated queries)")
+    cases = [case for path in args.datasets for case in load_cases(path, limit=args.limit)]
+    save_in_store = not args.dry_run and not args.save_to
+    gate = open_store(settings).calibrate(cases, save=save_in_store)
+    if args.save_to and not args.dry_run:
+        gate.save(Path(args.save_to))
+    print(f"gate {dict(zip(('cosine', 'subject', 'relation'), gate.weights))}, bias {gate.bias}, "
+          f"threshold {gate.threshold:.4f}: precision {gate.fit_precision:.3f}, recall {gate.fit_recall:.3f} "
+          f"({gate.fit_related} related, {gate.fit_unrelated} unrelated prompts)"
+          + ("" if args.dry_run else f"; saved to {args.save_to or 'the store'}"))
     return 0
