@@ -34,14 +34,18 @@ class Answer:
 
 
 class LTEEditor(ModelEditor):
-    """Retrieval-augmented in-context editing. `k`: most edits put into one prompt."""
+    """Retrieval-augmented in-context editing. `k`: most edits put into one prompt. `hops`: rounds of retrieval;
+    with 2, the question is searched again with each new answer found in the first round appended, so an edit about
+    that answer ('Croatia' → its head of state) joins the prompt (multi-hop questions, MQuAKE)."""
 
     name = "lte"
 
     def __init__(self, loaded: LoadedModel, store: EditStore, k: int = 3, batch_size: int = 16,
-                 unedited: LoadedModel | None = None):
+                 unedited: LoadedModel | None = None, hops: int = 1):
         super().__init__(loaded, batch_size)
-        self.store, self.k = store, k
+        if hops not in (1, 2):
+            raise ValueError(f"lte: hops={hops}: choose 1 or 2")
+        self.store, self.k, self.hops = store, k, hops
         self.unedited = unedited
         self.unedited_runner = ModelRunner(unedited.model, unedited.tokenizer, batch_size) if unedited else None
         self._applied: list[str] = []
@@ -49,7 +53,7 @@ class LTEEditor(ModelEditor):
     @classmethod
     def from_settings(cls, settings: Settings, loaded: LoadedModel, k: int = 3, batch_size: int = 16,
                       private_store: bool = True, gate: str | Gate | None = None,
-                      route_unedited: bool = True) -> "LTEEditor":
+                      route_unedited: bool = True, hops: int = 1) -> "LTEEditor":
         """private_store: a fresh in-memory edit set (evaluation), never the user's store; otherwise the store
         named by the settings. gate: a relevance gate (or the path of its JSON) instead of the store's own (saved by
         `lte edit calibrate`) or, failing that, the one `lte align` fitted next to the model.
@@ -64,7 +68,7 @@ class LTEEditor(ModelEditor):
         unedited = None
         if route_unedited and loaded.base_spec != loaded.spec:
             unedited = load_model(loaded.base_spec, settings.home)
-        return cls(loaded, store, k, batch_size, unedited)
+        return cls(loaded, store, k, batch_size, unedited, hops)
 
     def model_for(self, has_facts: bool) -> LoadedModel:
         """The aligned model for prompts carrying edits; the unedited base (when routed) for the others."""
@@ -103,7 +107,17 @@ class LTEEditor(ModelEditor):
         self._applied = []
 
     def retrieve(self, questions: Sequence[str]) -> list[list[Hit]]:
-        return self.store.search_many(questions, self.k)
+        first = self.store.search_many(questions, self.k)
+        if self.hops == 1:
+            return first
+        chained = [(q, f"{questions[q]} {hit.edit.target_new}") for q, hits in enumerate(first) for hit in hits]
+        second = self.store.search_many([text for _, text in chained], self.k) if chained else []
+        merged = [list(hits) for hits in first]
+        for (q, _), hits in zip(chained, second):
+            for hit in hits:
+                if all(hit.edit.id != known.edit.id for known in merged[q]):
+                    merged[q].append(hit)
+        return [hits[: self.k] for hits in merged]
 
     def passed_edits(self, queries: Sequence[Query]) -> list[list[str]]:
         return [[hit.edit.id for hit in hits] for hits in self.retrieve([q.prompt for q in queries])]

@@ -66,3 +66,23 @@ class ModelEditorLike:
     def score(self, queries, targets):
         texts = [prompting.render(self.loaded.tokenizer, q.prompt, self.facts) for q in queries]
         return self.runner.score(texts, [prompting.format_target(q.prompt, t) for q, t in zip(queries, targets)])
+
+
+def test_two_hops_bring_the_edit_about_the_first_answer(tiny, embedder):
+    import uuid
+
+    from lte.inference import LTEEditor
+    from lte.schema import Edit
+    from retrieval.store import EditStore, open_client
+
+    citizen = Edit(subject="Ellie Kemper", prompt="Ellie Kemper is a citizen of", target_new="Croatia")
+    head = Edit(subject="Croatia", prompt="The head of state of Croatia is", target_new="Ada Lovelace")
+    question = "Who is the head of state of the country where Ellie Kemper holds a citizenship?"
+    ids = {}
+    for hops in (1, 2):
+        store = EditStore(open_client(), f"hops-{uuid.uuid4().hex[:8]}", embedder)
+        editor = LTEEditor(tiny, store, k=3, hops=hops)
+        editor.apply([citizen, head])
+        ids[hops] = [hit.edit.id for hit in editor.retrieve([question])[0]]
+    assert citizen.id in ids[1] and head.id not in ids[1]
+    assert ids[2][: len(ids[1])] == ids[1] and head.id in ids[2]

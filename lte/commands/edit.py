@@ -48,7 +48,10 @@ def register(commands) -> None:
         "logistic model; see retrieval/gate.py) on labelled prompts from training datasets: each case's own and "
         "paraphrase prompts should pass its edit, its locality prompts (other subjects, other relations of the same "
         "subject) should not. Use training splits, never the data you evaluate on.")
-    calibrate.add_argument("datasets", nargs="+", metavar="DATASET", help="training datasets in any format lte reads")
+    calibrate.add_argument("datasets", nargs="*", metavar="DATASET", help="training datasets in any format lte reads")
+    calibrate.add_argument("--tables", type=int, default=0, metavar="N",
+                           help="also N edits sampled from lte's own tables, with paraphrases, neighbours and other "
+                           "relations of the same subject (what `lte align` fits its gate on)")
     calibrate.add_argument("--limit", type=int, default=1000, help="cases per dataset (default 1000)")
     calibrate.add_argument("--dry-run", action="store_true", help="report without saving the gate")
     calibrate.add_argument("--save-to", metavar="FILE", help="write the gate as JSON to FILE instead of the store "
@@ -127,6 +130,14 @@ def run_count(args, settings) -> int:
 
 def run_calibrate(args, settings) -> int:
     cases = [case for path in args.datasets for case in load_cases(path, limit=args.limit)]
+    if args.tables:
+        import random
+
+        from lte.align.data import table_cases
+
+        cases += table_cases(args.tables, random.Random(0))
+    if not cases:
+        raise ValueError("lte edit calibrate: give training DATASET files, --tables N, or both")
     save_in_store = not args.dry_run and not args.save_to
     gate = open_store(settings).calibrate(cases, save=save_in_store)
     if args.save_to and not args.dry_run:

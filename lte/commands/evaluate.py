@@ -20,7 +20,9 @@ def register(commands) -> None:
                                  formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
     parser.add_argument("--editor", required=True, choices=list(EDITORS), metavar="NAME")
     parser.add_argument("--dataset", required=True, help="dataset file (any format lte reads) or hub name")
-    parser.add_argument("--limit", type=int, help="first N cases")
+    parser.add_argument("--limit", type=int, help="first N cases (after --skip)")
+    parser.add_argument("--skip", type=int, default=0, metavar="N",
+                        help="leave out the first N cases (e.g. the ones a gate was calibrated on)")
     parser.add_argument("--mode", choices=MODES, default="single", help="single | batch | sequential")
     parser.add_argument("--score-sample", type=int, metavar="K",
                         help="apply the edits of every case but score a seeded sample of K cases (mass editing)")
@@ -69,13 +71,14 @@ def run(args, settings) -> int:
                      progress=not args.no_progress)
     if args.extra_edits and args.mode == "single":
         raise ValueError("--extra-edits needs --mode batch or sequential (single mode restores after every case)")
-    cases = load_cases(args.dataset, limit=args.limit)
+    cases = load_cases(args.dataset)[args.skip:][: args.limit]
     extra = [edit for path in args.extra_edits for edit in load_edits(path)]
     loaded = load_model(settings.model, settings.home)
     editor = build_editor(args.editor, settings, loaded, **editor_options(args))
     reference_model = loaded if loaded.base_spec == loaded.spec else load_model(loaded.base_spec, settings.home)
     reference = build_editor("none", settings, reference_model, batch_size=args.batch_size)
-    report = evaluate(editor, cases, reference, cfg, dataset=str(args.dataset), extra_edits=extra)
+    report = evaluate(editor, cases, reference, cfg, dataset=str(args.dataset) + (f" (from case {args.skip})" if args.skip else ""),
+                      extra_edits=extra)
     print(format_table(report))
     if args.out:
         out = Path(args.out)
