@@ -43,7 +43,8 @@ from lte.scoring import ModelRunner
 class AlignDataConfig:
     """in_scope / out_of_scope / linguistic / describe: number of rows of each kind (about 1,480 rows with the
     no-fact copies: one epoch at batch 8 is ~185 steps, ~6.7 s each for the default model on 2 CPU cores).
-    max_facts: facts per context (1–3). no_facts_share: share of out-of-scope rows repeated without any fact block
+    max_facts: facts per context (1–3). prefix_share: share of in-scope cloze requests led by an unrelated sentence.
+    no_facts_share: share of out-of-scope rows repeated without any fact block
     (few: inference sends fact-less prompts to the unedited model, so these only keep the aligned model usable alone).
     table_edits: counterfactual edits sampled from the shipped tables. distill_tokens / instruction_tokens: length of
     the base model's self-distilled answers."""
@@ -54,6 +55,7 @@ class AlignDataConfig:
     describe: int = 150
     max_facts: int = 3
     no_facts_share: float = 0.2
+    prefix_share: float = 0.25
     table_edits: int = 600
     distill_tokens: int = 24
     instruction_tokens: int = 64
@@ -145,13 +147,25 @@ def facts_with(relevant: str | None, pool: Sequence[EditCase], cfg: AlignDataCon
 
 
 def in_scope_rows(cases: Sequence[EditCase], cfg: AlignDataConfig, rng: random.Random) -> list[Row]:
+    """Cases are drawn source by source (the tables, then each dataset file, equally often), so a large training
+    file does not crowd out the tables' many question forms. A share of cloze requests start with an unrelated
+    sentence, as real prompts often do ('One person was hurt. Heath Brothers plays')."""
+    sources = list(by_source(cases).values())
     rows = []
     for _ in range(cfg.in_scope):
-        case = rng.choice(cases)
-        probe = rng.choice(case.rewrite + case.paraphrases)
-        rows.append(Row("in_scope", probe.prompt, facts_with(case.edit.statement, cases, cfg, rng),
-                        case.edit.target_new))
+        case = rng.choice(rng.choice(sources))
+        request = rng.choice(case.rewrite + case.paraphrases).prompt
+        if prompting.is_cloze(request) and rng.random() < cfg.prefix_share:
+            request = f"{rng.choice(cases).edit.statement} {request}"
+        rows.append(Row("in_scope", request, facts_with(case.edit.statement, cases, cfg, rng), case.edit.target_new))
     return rows
+
+
+def by_source(cases: Sequence[EditCase]) -> dict[str, list[EditCase]]:
+    groups: dict[str, list[EditCase]] = {}
+    for case in cases:
+        groups.setdefault(case.edit.source or "", []).append(case)
+    return groups
 
 
 OUT_OF_SCOPE_SORTS = (("other_relation", 0.3), ("other_subject", 0.3), ("similar_subject", 0.2),

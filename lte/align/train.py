@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from lte.align.data import AlignDataConfig, alignment_cases, build_rows, write_rows
+from lte.align.data import AlignDataConfig, alignment_cases, build_rows, by_source, write_rows
 from lte.models import MANIFEST, LoadedModel
 
 
@@ -62,6 +62,9 @@ def align(loaded: LoadedModel, cfg: AlignConfig, progress: bool = True) -> Path:
     return out
 
 
+GATE_CASES_PER_SOURCE = 1000  # the tables and each data file weigh alike (a 10,000-case file would decide alone)
+
+
 def fit_gate_for(cfg: AlignConfig, out: Path, embedder=None) -> None:
     """Fit the relevance gate on the alignment cases (their paraphrases pass, their neighbours and other relations
     of the same subject do not) and save it next to the model, where `lte` finds it for stores without their own."""
@@ -69,7 +72,9 @@ def fit_gate_for(cfg: AlignConfig, out: Path, embedder=None) -> None:
     from retrieval.embedder import Embedder
     from retrieval.store import fit_gate_on
 
-    fit_gate_on(alignment_cases(cfg.data, cfg.data_files), embedder or Embedder()).save(Path(out) / GATE_FILE)
+    groups = by_source(alignment_cases(cfg.data, cfg.data_files)).values()
+    cases = [case for group in groups for case in group[:GATE_CASES_PER_SOURCE]]
+    fit_gate_on(cases, embedder or Embedder()).save(Path(out) / GATE_FILE)
 
 
 def _trainer(loaded: LoadedModel, rows: list[dict], cfg: AlignConfig, progress: bool):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shlex
+import time
 from pathlib import Path
 
 from lte.datasets import load_cases, load_edits
@@ -77,8 +79,10 @@ def run(args, settings) -> int:
     editor = build_editor(args.editor, settings, loaded, **editor_options(args))
     reference_model = loaded if loaded.base_spec == loaded.spec else load_model(loaded.base_spec, settings.home)
     reference = build_editor("none", settings, reference_model, batch_size=args.batch_size)
+    start = time.time()
     report = evaluate(editor, cases, reference, cfg, dataset=str(args.dataset) + (f" (from case {args.skip})" if args.skip else ""),
                       extra_edits=extra)
+    report.update(wall_s=round(time.time() - start, 1), command=shlex.join(["lte"] + getattr(args, "argv", [])))
     print(format_table(report))
     if args.out:
         out = Path(args.out)
