@@ -7,6 +7,7 @@ import shlex
 import time
 from pathlib import Path
 
+from lte.bench import dataset_path
 from lte.datasets import load_cases, load_edits
 from lte.editors import EDITORS, build_editor
 from lte.harness import MODES, EvalConfig, evaluate, format_table
@@ -21,7 +22,9 @@ def register(commands) -> None:
                                  f"fluency and timing.\n\neditors:\n{editors}",
                                  formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
     parser.add_argument("--editor", required=True, choices=list(EDITORS), metavar="NAME")
-    parser.add_argument("--dataset", required=True, help="dataset file (any format lte reads) or hub name")
+    parser.add_argument("--dataset", required=True,
+                        help="dataset file (any format lte reads), a name `lte bench` knows (counterfact, zsre, mquake, "
+                        "wiki_counterfact, wiki_recent: read from ../shared/datasets) or a hub name")
     parser.add_argument("--limit", type=int, help="first N cases (after --skip)")
     parser.add_argument("--skip", type=int, default=0, metavar="N",
                         help="leave out the first N cases (e.g. the ones a gate was calibrated on)")
@@ -73,14 +76,15 @@ def run(args, settings) -> int:
                      progress=not args.no_progress)
     if args.extra_edits and args.mode == "single":
         raise ValueError("--extra-edits needs --mode batch or sequential (single mode restores after every case)")
-    cases = load_cases(args.dataset)[args.skip:][: args.limit]
+    label, path = dataset_path(args.dataset)
+    cases = load_cases(str(path))[args.skip:][: args.limit]
     extra = [edit for path in args.extra_edits for edit in load_edits(path)]
     loaded = load_model(settings.model, settings.home)
     editor = build_editor(args.editor, settings, loaded, **editor_options(args))
     reference_model = loaded if loaded.base_spec == loaded.spec else load_model(loaded.base_spec, settings.home)
     reference = build_editor("none", settings, reference_model, batch_size=args.batch_size)
     start = time.time()
-    report = evaluate(editor, cases, reference, cfg, dataset=str(args.dataset) + (f" (from case {args.skip})" if args.skip else ""),
+    report = evaluate(editor, cases, reference, cfg, dataset=label + (f" (from case {args.skip})" if args.skip else ""),
                       extra_edits=extra)
     report.update(wall_s=round(time.time() - start, 1), command=shlex.join(["lte"] + getattr(args, "argv", [])))
     print(format_table(report))
