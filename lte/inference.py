@@ -63,7 +63,8 @@ class LTEEditor(ModelEditor):
             store = EditStore(open_client(), f"eval-{uuid.uuid4().hex[:12]}", gate=gate)
         else:
             store = EditStore.open(settings.store_dir, settings.chroma_url, settings.collection, gate=gate)
-        if gate is None and store.saved_gate() is None and (model_gate := aligned_gate(loaded)) is not None:
+        # The gate fitted next to the model named by --model: the same one for `lte` and its unaligned ablation.
+        if gate is None and store.saved_gate() is None and (model_gate := aligned_gate(settings.model)) is not None:
             store.gate = model_gate
         unedited = None
         if route_unedited and loaded.base_spec != loaded.spec:
@@ -136,7 +137,7 @@ class LTEEditor(ModelEditor):
         return Answer(text, tuple(hits))
 
 
-def aligned_gate(loaded: LoadedModel) -> Gate | None:
+def aligned_gate(model_spec: str) -> Gate | None:
     """The relevance gate `lte align` fitted on the model's alignment data, if the model has one."""
-    path = Path(loaded.spec) / GATE_FILE
+    path = Path(model_spec).expanduser() / GATE_FILE
     return Gate.load(path) if path.is_file() else None

@@ -86,3 +86,18 @@ def test_two_hops_bring_the_edit_about_the_first_answer(tiny, embedder):
         ids[hops] = [hit.edit.id for hit in editor.retrieve([question])[0]]
     assert citizen.id in ids[1] and head.id not in ids[1]
     assert ids[2][: len(ids[1])] == ids[1] and head.id in ids[2]
+
+
+def test_the_gate_next_to_the_model_serves_lte_and_its_unaligned_ablation(tiny, tmp_path):
+    from lte.inference import GATE_FILE, LTEEditor
+    from lte.settings import Settings
+    from retrieval.gate import UNFITTED, Gate
+
+    fitted = Gate((1.0, 2.0, 3.0), -2.0, 0.7, "test")
+    fitted.save(tmp_path / GATE_FILE)
+    settings = Settings(home=tmp_path / "home", model=str(tmp_path))
+    # `tiny` stands in for both the aligned model and its base: the gate follows --model, not the loaded weights
+    assert LTEEditor.from_settings(settings, tiny).store.gate == fitted
+    assert LTEEditor.from_settings(Settings(home=tmp_path / "home"), tiny).store.gate == UNFITTED
+    explicit = Gate((0.5, 0.5, 0.5), 0.0, 0.5)
+    assert LTEEditor.from_settings(settings, tiny, gate=explicit).store.gate == explicit
