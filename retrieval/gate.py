@@ -105,10 +105,7 @@ def relation_texts(edit: Edit) -> list[str]:
 def relation_similarity(queries: Sequence[str], edits: Sequence[Edit], embed) -> list[float]:
     """For each (query, edit) pair, the best cosine between the masked query and the edit's masked prompts.
     `embed(texts) -> normalised vectors`; every distinct text is embedded once."""
-    sides = [(mask_subject(q, e.subject), relation_texts(e)) for q, e in zip(queries, edits)]
-    texts = list(dict.fromkeys([q for q, _ in sides] + [t for _, ts in sides for t in ts]))
-    vectors = dict(zip(texts, embed(texts))) if texts else {}
-    return [max(float(np.dot(vectors[q], vectors[t])) for t in ts) for q, ts in sides]
+    return best_cosines([(mask_subject(q, e.subject), relation_texts(e)) for q, e in zip(queries, edits)], embed)
 
 
 def pair_features(queries: Sequence[str], edits: Sequence[Edit], cosines: Sequence[float], embed) -> np.ndarray:
@@ -119,10 +116,15 @@ def pair_features(queries: Sequence[str], edits: Sequence[Edit], cosines: Sequen
 
 def key_cosines(queries: Sequence[str], edits: Sequence[Edit], embed, keys_of) -> list[float]:
     """The cosine search would report: best over the edit's retrieval keys (`keys_of(edit) -> texts`)."""
-    key_lists = [keys_of(e) for e in edits]
-    texts = list(dict.fromkeys(list(queries) + [t for ks in key_lists for t in ks]))
+    return best_cosines([(q, keys_of(e)) for q, e in zip(queries, edits)], embed)
+
+
+def best_cosines(sides: Sequence[tuple[str, Sequence[str]]], embed) -> list[float]:
+    """For each (text, candidates), the best cosine between the text and a candidate; each distinct text is
+    embedded once."""
+    texts = list(dict.fromkeys([q for q, _ in sides] + [t for _, ts in sides for t in ts]))
     vectors = dict(zip(texts, embed(texts))) if texts else {}
-    return [max(float(np.dot(vectors[q], vectors[k])) for k in ks) for q, ks in zip(queries, key_lists)]
+    return [max(float(np.dot(vectors[q], vectors[t])) for t in ts) for q, ts in sides]
 
 
 # ---------------------------------------------------------------- fitting
