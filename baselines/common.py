@@ -7,14 +7,15 @@ import copy
 import functools
 import inspect
 import re
-from dataclasses import dataclass, fields
-from typing import Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lte import prompting
+from lte.errors import EditorUnavailableError, InputError
 from lte.scoring import target_ids
 
 
@@ -28,7 +29,7 @@ def decoder_layers(model: PreTrainedModel) -> nn.ModuleList:
                 break
         if isinstance(module, nn.ModuleList):
             return module
-    raise ValueError(f"{type(model).__name__}: cannot find the decoder layers")
+    raise EditorUnavailableError(f"{type(model).__name__}: cannot find the decoder layers")
 
 
 @dataclass(frozen=True)
@@ -61,20 +62,20 @@ def mlp_projection(model: PreTrainedModel, layer: int) -> Projection:
         return Projection(mlp.c_proj, transposed=True)
     if hasattr(mlp, "dense_4h_to_h"):
         return Projection(mlp.dense_4h_to_h, transposed=False)
-    raise ValueError(f"layer {layer}: MLP has no down_proj / c_proj")
+    raise EditorUnavailableError(f"layer {layer}: MLP has no down_proj / c_proj")
 
 
 def subject_last_token(tokenizer: PreTrainedTokenizerBase, text: str, subject: str) -> int:
     """Index of the token holding the last character of the subject's last occurrence in `text`."""
     matches = list(re.finditer(re.escape(subject.strip()), text, flags=re.IGNORECASE))
     if not matches:
-        raise ValueError(f"subject '{subject}' does not occur in the prompt {text[-120:]!r}")
+        raise InputError(f"subject '{subject}' does not occur in the prompt {text[-120:]!r}")
     end = matches[-1].end() - 1
     offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     for index, (start, stop) in enumerate(offsets):
         if start <= end < stop:
             return index
-    raise ValueError(f"subject '{subject}': no token covers it in {text[-120:]!r}")
+    raise InputError(f"subject '{subject}': no token covers it in {text[-120:]!r}")
 
 
 @dataclass
@@ -170,16 +171,6 @@ def rendered(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], target:
     """Render cloze/question prompts exactly as the harness does, with the target shaped to follow each."""
     texts = [prompting.render(tokenizer, p) for p in prompts]
     return texts, [prompting.format_target(p, target) for p in prompts]
-
-
-def config_from_options(config_class, options: dict):
-    """Build a method's config dataclass from CLI options, refusing names it does not have."""
-    known = {f.name for f in fields(config_class)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise ValueError(f"{config_class.__name__}: unknown option(s) {', '.join(unknown)}; "
-                         f"known: {', '.join(sorted(known))}")
-    return config_class(**options)
 
 
 class frozen_parameters:

@@ -19,16 +19,21 @@ Editing is switched on by `enabled`, never by the module's training mode.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
 
-from baselines.common import (config_from_options, decoder_layers, frozen_parameters, prefix_cached_batch,
-                              rendered)
+from baselines.common import (
+    decoder_layers,
+    frozen_parameters,
+    prefix_cached_batch,
+    rendered,
+)
 from lte.editor import ModelEditor
+from lte.errors import ConfigError
 from lte.models import LoadedModel
 from lte.schema import Edit
 from lte.scoring import target_ids
@@ -108,20 +113,22 @@ class GraceAdaptor(nn.Module):
 
 class GRACEEditor(ModelEditor):
     name = "grace"
+    config_class = GRACEConfig
 
     def __init__(self, loaded: LoadedModel, cfg: GRACEConfig | None = None, batch_size: int = 16):
         super().__init__(loaded, batch_size)
         self.cfg = cfg or GRACEConfig()
         layers = decoder_layers(loaded.model)
         if not 0 <= self.cfg.layer < len(layers):
-            raise ValueError(f"grace: layer {self.cfg.layer} out of range for {len(layers)} layers")
+            raise ConfigError(f"grace: layer {self.cfg.layer} out of range for {len(layers)} layers")
         self.layer = layers[self.cfg.layer]
         self.adaptor: GraceAdaptor | None = None
         self.eps_init = self.cfg.eps_init
 
     @classmethod
-    def from_options(cls, settings: Settings, loaded: LoadedModel, batch_size: int = 16, **options) -> "GRACEEditor":
-        return cls(loaded, config_from_options(GRACEConfig, options), batch_size)
+    def from_config(cls, settings: Settings, loaded: LoadedModel, config: GRACEConfig | None = None,
+                    batch_size: int = 16) -> GRACEEditor:
+        return cls(loaded, config, batch_size)
 
     # ------------------------------------------------------------ adaptor lifecycle
 
@@ -147,7 +154,7 @@ class GRACEEditor(ModelEditor):
     def load_codebook(self, path: Path) -> None:
         saved = torch.load(path)
         if saved["layer"] != self.cfg.layer:
-            raise ValueError(f"{path}: codebook is for layer {saved['layer']}, editor wraps layer {self.cfg.layer}")
+            raise ConfigError(f"{path}: codebook is for layer {saved['layer']}, editor wraps layer {self.cfg.layer}")
         codebook = self.ensure_adaptor().codebook
         for name, tensor in saved["state"].items():
             setattr(codebook, name, tensor.to(self.loaded.model.device))

@@ -14,9 +14,9 @@ projections of the last two layers (`KEConfig.layers`), a documented and configu
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -24,7 +24,6 @@ from torch.func import functional_call
 
 from baselines.common import (
     WeightBackup,
-    config_from_options,
     decoder_layers,
     frozen_parameters,
     mlp_projection,
@@ -32,6 +31,7 @@ from baselines.common import (
     target_batch,
 )
 from lte.editor import ModelEditor
+from lte.errors import CheckpointError, EditorUnavailableError
 from lte.models import LoadedModel
 from lte.schema import Edit
 from lte.settings import Settings
@@ -101,7 +101,7 @@ def edited_parameters(loaded: LoadedModel, cfg: KEConfig) -> dict[str, nn.Parame
     for layer in cfg.layers:
         projection = mlp_projection(loaded.model, layer % count)
         if projection.transposed:
-            raise ValueError("ke: transposed (Conv1D) projections are not supported")
+            raise EditorUnavailableError("ke: transposed (Conv1D) projections are not supported")
         name = next(n for n, p in names.items() if p is projection.weight)
         chosen[name] = projection.weight
     return chosen
@@ -157,7 +157,7 @@ class Checkpoint:
         path.with_suffix(".curve.json").write_text(json.dumps(self.curve, indent=1))
 
     @classmethod
-    def load(cls, path: Path) -> "Checkpoint":
+    def load(cls, path: Path) -> Checkpoint:
         saved = torch.load(path, weights_only=False)
         config = KEConfig(**{**saved["config"], "layers": tuple(saved["config"]["layers"])})
         return cls(saved["model"], config, saved["state"], saved.get("curve", []), saved.get("step", 0))
@@ -178,10 +178,21 @@ def build_hypernetwork(loaded: LoadedModel, cfg: KEConfig) -> HyperNetwork:
 
 # ---------------------------------------------------------------- the editor
 
+@dataclass
+class KEOptions:
+    """checkpoint: the trained hypernetwork (default: the latest `lte train ke` wrote for --model). Everything else
+    (`KEConfig`: layers, hidden size...) is fixed by the checkpoint it was trained with."""
+
+    checkpoint: str | None = None
+
+
 class KnowledgeEditor(ModelEditor):
     """Edits by adding the hypernetwork's ΔW; sequential edits accumulate; `restore` is exact."""
 
     name = "ke"
+    config_class = KEOptions
+    fixed_options = {f.name: "fixed by the trained checkpoint (KEConfig at `lte train ke` time)"
+                     for f in fields(KEConfig)}
 
     def __init__(self, loaded: LoadedModel, checkpoint: Checkpoint, batch_size: int = 16):
         super().__init__(loaded, batch_size)
@@ -193,17 +204,18 @@ class KnowledgeEditor(ModelEditor):
         self.backup = WeightBackup()
 
     @classmethod
-    def from_options(cls, settings: Settings, loaded: LoadedModel, batch_size: int = 16,
-                     ke_checkpoint: str | None = None, **options) -> "KnowledgeEditor":
-        config_from_options(KEConfig, options)  # refuse unknown options; the checkpoint fixes the config
-        path = Path(ke_checkpoint) if ke_checkpoint else default_checkpoint(settings.home, loaded.spec)
+    def from_config(cls, settings: Settings, loaded: LoadedModel, config: KEOptions | None = None,
+                    batch_size: int = 16) -> KnowledgeEditor:
+        config = config or KEOptions()
+        path = Path(config.checkpoint) if config.checkpoint else default_checkpoint(settings.home, loaded.spec)
         if not path.is_file():
-            raise FileNotFoundError(
+            raise CheckpointError(
                 f"ke: no trained hypernetwork at {path}. Train one for this model first: "
-                f"`lte --model {loaded.spec} train ke --data <training split>` (or pass --ke-checkpoint PATH)")
+                f"`lte --model {loaded.spec} train ke --data <training split>` (or pass --set checkpoint=PATH)")
         checkpoint = Checkpoint.load(path)
         if checkpoint.model != loaded.spec:
-            raise ValueError(f"ke: checkpoint {path} was trained for model '{checkpoint.model}', not '{loaded.spec}'")
+            raise CheckpointError(f"ke: checkpoint {path} was trained for model '{checkpoint.model}', "
+                                  f"not '{loaded.spec}'")
         return cls(loaded, checkpoint, batch_size)
 
     def apply(self, edits: Sequence[Edit]) -> None:

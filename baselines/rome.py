@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
 from baselines.common import (
     Projection,
     WeightBackup,
-    config_from_options,
     decoder_layers,
     frozen_parameters,
     mlp_projection,
@@ -34,6 +33,7 @@ from baselines.common import (
 from baselines.corpus import corpus_texts
 from lte import prompting
 from lte.editor import ModelEditor
+from lte.errors import ConfigError
 from lte.models import LoadedModel
 from lte.schema import Edit
 from lte.settings import Settings
@@ -195,7 +195,7 @@ def compute_value_delta(loaded: LoadedModel, projection: Projection, edit: Edit,
             with torch.no_grad():
                 base_kl = torch.log_softmax(batch.logits(model)[kl_row, kl_pos].float(), -1)
             value_norm = original_outputs[0][:kl_row].norm(dim=-1).mean()
-            for step in range(1, cfg.v_steps + 1):
+            for step in range(1, cfg.v_steps + 1):  # noqa: B007 - the steps taken are returned
                 logits = batch.logits(model)
                 nll = -batch.target.target_logprobs(logits)[:kl_row].mean()
                 new_kl = torch.log_softmax(logits[kl_row, kl_pos].float(), -1)
@@ -240,6 +240,7 @@ class ROMEEditor(ModelEditor):
     """Applies edits one after another (batch and sequential modes alike); `restore` puts the weights back exactly."""
 
     name = "rome"
+    config_class = ROMEConfig
 
     def __init__(self, loaded: LoadedModel, cfg: ROMEConfig | None = None, home: Path | None = None,
                  batch_size: int = 16):
@@ -247,7 +248,7 @@ class ROMEEditor(ModelEditor):
         self.cfg = cfg or ROMEConfig()
         layers = len(decoder_layers(loaded.model))
         if not 0 <= self.cfg.layer < layers:
-            raise ValueError(f"rome: layer {self.cfg.layer} out of range for {layers} layers")
+            raise ConfigError(f"rome: layer {self.cfg.layer} out of range for {layers} layers")
         self.projection = mlp_projection(loaded.model, self.cfg.layer)
         self.home = home or Settings.from_env().home
         self.backup = WeightBackup()
@@ -256,8 +257,9 @@ class ROMEEditor(ModelEditor):
         self._prefixes: list[str] | None = None
 
     @classmethod
-    def from_options(cls, settings: Settings, loaded: LoadedModel, batch_size: int = 16, **options) -> "ROMEEditor":
-        return cls(loaded, config_from_options(ROMEConfig, options), settings.home, batch_size)
+    def from_config(cls, settings: Settings, loaded: LoadedModel, config: ROMEConfig | None = None,
+                    batch_size: int = 16) -> ROMEEditor:
+        return cls(loaded, config, settings.home, batch_size)
 
     @property
     def cov(self) -> torch.Tensor:

@@ -4,7 +4,7 @@
 # Usage: benchmarks/baselines.sh OUT_DIR [N_ROME] [N_GRACE] [N_KE]
 set -euo pipefail
 out=$1; n_rome=${2:-200}; n_grace=${3:-1000}; n_ke=${4:-200}
-shared=${SHARED:-$(cd "$(dirname "$0")/../.." && pwd)/shared/datasets}
+shared=${LTE_DATASETS:-../shared/datasets}  # run from the checkout, as lte itself looks for them
 mkdir -p "$out"
 python "$(dirname "$0")/rome_layers.py" --layers 2 4 6 8 --n 10 | tee "$out/rome-layers.txt"
 lte bench --editors rome --datasets counterfact --modes single --n "$n_rome" --out "$out" --no-progress

@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-FACETS = ("reliability", "generalization", "locality", "portability")
+from lte.schema import FACETS
 
 
 def load(out: Path, n: int | None) -> dict[str, dict]:

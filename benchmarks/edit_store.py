@@ -22,12 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
+from lte.catalog import shared_file
 from lte.datasets import load_cases
 from lte.schema import Edit
+from lte.settings import Settings
 from retrieval.embedder import Embedder
 from retrieval.store import EditStore, key_texts, open_client
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "counterfact_easyedit"
+
+def counterfact(split: str) -> Path:
+    return shared_file(f"counterfact_easyedit/counterfact-{split}.json", Settings.from_env())
 
 
 class NoisyCopies:
@@ -119,7 +123,7 @@ def main() -> None:
                         default=["quality", "insert", "latency"])
     args = parser.parse_args()
     embedder = Embedder()
-    cases = load_cases(SHARED / "counterfact-edit.json") + load_cases(SHARED / "counterfact-train.json")
+    cases = load_cases(counterfact("edit")) + load_cases(counterfact("train"))
     edits = [c.edit for c in cases]
     if "quality" in args.parts:
         quality(embedder, cases)

@@ -4,7 +4,7 @@
 # Usage: benchmarks/edit_store_cli.sh WORK_DIR [PORT]
 set -uo pipefail
 work=$1; port=${2:-8765}
-shared=${SHARED:-$(cd "$(dirname "$0")/../.." && pwd)/shared/datasets}
+shared=${LTE_DATASETS:-../shared/datasets}  # run from the checkout, as lte itself looks for them
 cf=$shared/counterfact_easyedit/counterfact-edit.json
 mkdir -p "$work"
 python - "$work/broken.jsonl" <<'PY'

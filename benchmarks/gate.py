@@ -13,8 +13,9 @@ from __future__ import annotations
 import argparse
 import uuid
 
-from lte.bench import dataset_path
+from lte.catalog import dataset_path
 from lte.datasets import load_cases
+from lte.settings import Settings
 from retrieval.embedder import Embedder
 from retrieval.gate import UNFITTED, Gate
 from retrieval.store import EditStore, open_client
@@ -46,7 +47,7 @@ def main() -> None:
         name, _, path = spec.partition("=")
         gates[name] = UNFITTED if spec == "unfitted" else Gate.load(path)
     print(f"{'dataset':<18}{'gate':<16}{'n':>6}{'rewrite':>9}{'paraphrase':>12}{'locality':>10}  (share routed right)")
-    for label, path in map(dataset_path, args.datasets):
+    for label, path in (dataset_path(name, Settings.from_env()) for name in args.datasets):
         cases = load_cases(path)[: args.n]
         store = EditStore(open_client(), f"gate-{uuid.uuid4().hex[:8]}", embedder)
         store.add([c.edit for c in cases], progress=False)

@@ -28,7 +28,12 @@ from baselines.common import (
     target_batch,
 )
 from baselines.ke_training import answer_logprobs, base_answers
-from baselines.knowledge_editor import KEConfig, edit_gradients, edit_loss, edited_parameters
+from baselines.knowledge_editor import (
+    KEConfig,
+    edit_gradients,
+    edit_loss,
+    edited_parameters,
+)
 from baselines.rome import ROMEConfig, covariance, regularised
 from lte.datasets import load_cases
 from lte.editor import UneditedEditor

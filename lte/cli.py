@@ -1,13 +1,17 @@
 """The `lte` command line. Global options (--model, --store, --home, ...) come before the subcommand and are also
-read from LTE_MODEL, LTE_STORE, LTE_HOME, so every subcommand sees the same model and store."""
+read from LTE_MODEL, LTE_STORE, LTE_HOME, so every subcommand sees the same model and store.
+
+Errors the user can fix (`lte.errors.LTEError`) print one line and exit 2; anything else is a bug and keeps its
+traceback. `--debug` prints the traceback of user errors too."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
+import traceback
 
+from lte.errors import LTEError
 from lte.settings import DEFAULT_MODEL, Settings
 
 EPILOG = """examples:
@@ -17,10 +21,6 @@ EPILOG = """examples:
   lte align --out ./aligned              # fine-tune the default model for in-context editing
   lte --model ./aligned eval --editor lte --dataset counterfact-edit.json --limit 100
 """
-
-
-class CommandError(Exception):
-    """A user-facing failure: printed as 'lte: error: ...' with exit status 2."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,12 +33,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     settings = Settings.from_env(home=args.home, model=args.model, store=args.store, chroma_url=args.chroma_url,
-                                 collection=args.collection)
+                                 collection=args.collection, datasets=args.datasets_dir)
     try:
         return args.handler(args, settings) or 0
-    except (CommandError, FileNotFoundError, KeyError, ValueError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"lte: error: {message}", file=sys.stderr)
+    except LTEError as error:
+        if args.debug:
+            traceback.print_exc()
+        print(f"lte: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("lte: interrupted", file=sys.stderr)
@@ -58,16 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--chroma-url", help="use a running Chroma server (http://host:port) instead of the "
                         "embedded store [env LTE_CHROMA_URL]")
     parser.add_argument("--collection", help="named edit set inside the store [env LTE_COLLECTION; default edits]")
+    parser.add_argument("--datasets-dir", help="folder of the public datasets known by name (counterfact, zsre, ...) "
+                        "[env LTE_DATASETS; default ./shared/datasets or ../shared/datasets]")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what is happening")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of errors too")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     from lte.commands import register_all
 
     register_all(commands)
     return parser
-
-
-def print_json(value) -> None:
-    print(json.dumps(value, indent=2, ensure_ascii=False))
 
 
 if __name__ == "__main__":

@@ -10,11 +10,13 @@ from __future__ import annotations
 import csv
 import json
 import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
-from lte.schema import Edit, EditCase, Probe, SchemaError, flatten_answers
+from lte.errors import InputFileError, SchemaError
+from lte.schema import Edit, EditCase, Probe, flatten_answers
 
 Record = Mapping[str, Any]
 
@@ -33,7 +35,7 @@ def read_records(path: str | Path) -> list[SourcedRecord]:
     """JSON (a list, or an object with a list under 'data'), JSONL, or CSV; every record tagged with its location."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+        raise InputFileError(f"{path}: no such file")
     if path.suffix.lower() == ".csv":
         return list(_read_csv(path))
     text = path.read_text(encoding="utf-8")
@@ -289,9 +291,9 @@ def _hub_records(name: str, split: str) -> list[SourcedRecord]:
     try:
         import datasets
     except ImportError as error:  # pragma: no cover - datasets is a dependency
-        raise FileNotFoundError(f"{name}: no such file, and the datasets package is missing") from error
+        raise InputFileError(f"{name}: no such file, and the datasets package is missing") from error
     try:
         rows = datasets.load_dataset(name, split=split)
     except Exception as error:  # the hub raises many types; all mean "not loadable here"
-        raise FileNotFoundError(f"{name}: no such file, and datasets.load_dataset failed: {error}") from None
+        raise InputFileError(f"{name}: no such file, and datasets.load_dataset failed: {error}") from None
     return [SourcedRecord(dict(row), f"{name}[{split}]: record {i}") for i, row in enumerate(rows)]

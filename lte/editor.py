@@ -8,13 +8,18 @@ in what `apply` does (change weights, add hooks, store documents) and in the fac
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from lte import prompting
+from lte.config import NoOptions
 from lte.models import LoadedModel
 from lte.schema import Edit
 from lte.scoring import ModelRunner, TargetScore
+
+if TYPE_CHECKING:
+    from lte.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -26,9 +31,23 @@ class Query:
 
 
 class Editor(ABC):
-    """Apply edits, answer and score prompts, restore the unedited state."""
+    """Apply edits, answer and score prompts, restore the unedited state.
+
+    The contract (checked for every registered editor by tests/test_editor_contract.py): after `apply`, the edit's
+    target scores higher on its prompt; after `restore`, every score is exactly what it was before the first
+    `apply`; `stats()` is JSON; only the oracle reads `Query.case_edits`.
+    Options come as one typed dataclass, `config_class` (filled by `--set KEY=VALUE`); `fixed_options` names options
+    that are fixed elsewhere (a checkpoint) with the reason, so setting them is refused rather than ignored."""
 
     name: ClassVar[str]
+    config_class: ClassVar[type] = NoOptions
+    fixed_options: ClassVar[Mapping[str, str]] = {}
+    config: Any = None  # the options this editor was built with (set by `lte.registry.build_editor`)
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, settings: Settings, loaded: LoadedModel, config: Any, batch_size: int = 16) -> Editor:
+        """Build the editor for `loaded` with its options; `settings` gives the cache directory and store."""
 
     @abstractmethod
     def apply(self, edits: Sequence[Edit]) -> None:
@@ -62,13 +81,19 @@ class Editor(ABC):
 
 
 class ModelEditor(Editor):
-    """An editor answering with one causal LM; subclasses override `apply`/`restore` and/or `facts_for`."""
+    """An editor answering with one causal LM. Subclasses implement `apply`/`restore` (abstract: an editor that
+    forgot them would silently be `none`) and may override `facts_for` to put facts into the prompt."""
 
     name = "model"
 
     def __init__(self, loaded: LoadedModel, batch_size: int = 16):
         self.loaded = loaded
         self.runner = ModelRunner(loaded.model, loaded.tokenizer, batch_size)
+
+    @classmethod
+    def from_config(cls, settings: Settings, loaded: LoadedModel, config: Any = None,
+                    batch_size: int = 16) -> ModelEditor:
+        return cls(loaded, batch_size)
 
     @property
     def model_name(self) -> str:
@@ -89,17 +114,17 @@ class ModelEditor(Editor):
     def generate(self, queries: Sequence[Query], max_new_tokens: int) -> list[str]:
         return self.runner.generate(self.render(queries), max_new_tokens)
 
-    def apply(self, edits: Sequence[Edit]) -> None:
-        pass
-
-    def restore(self) -> None:
-        pass
-
 
 class UneditedEditor(ModelEditor):
     """`none`: the base model, edits ignored. The floor every method must beat on reliability."""
 
     name = "none"
+
+    def apply(self, edits: Sequence[Edit]) -> None:
+        """Ignored by design: this editor is the unedited reference."""
+
+    def restore(self) -> None:
+        """Nothing was changed."""
 
 
 class OracleContextEditor(ModelEditor):
@@ -107,6 +132,12 @@ class OracleContextEditor(ModelEditor):
     It needs no retrieval and cannot miss, so it bounds what retrieval-based editing can reach."""
 
     name = "context"
+
+    def apply(self, edits: Sequence[Edit]) -> None:
+        """Nothing to store: the gold edits reach the prompt through each query's `case_edits`."""
+
+    def restore(self) -> None:
+        """Nothing was stored."""
 
     def facts_for(self, queries: Sequence[Query]) -> list[list[str]]:
         return [[edit.statement for edit in q.case_edits] for q in queries]

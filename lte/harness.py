@@ -11,14 +11,22 @@ from __future__ import annotations
 import random
 import resource
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
+from lte.config import config_dict
 from lte.editor import Editor, Query
-from lte.metrics import FacetTally, RetrievalTally, contains_answer, ngram_entropy, normalize
+from lte.errors import ConfigError
+from lte.metrics import (
+    FacetTally,
+    RetrievalTally,
+    contains_answer,
+    ngram_entropy,
+    normalize,
+)
 from lte.models import model_identity
 from lte.schema import FACETS, Edit, EditCase
 
@@ -50,9 +58,9 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"mode '{self.mode}': choose one of {', '.join(MODES)}")
+            raise ConfigError(f"mode '{self.mode}': choose one of {', '.join(MODES)}")
         if self.score_sample is not None and self.score_sample < 1:
-            raise ValueError(f"score_sample {self.score_sample}: must be at least 1")
+            raise ConfigError(f"score_sample {self.score_sample}: must be at least 1")
 
     def scored(self, n_cases: int) -> list[int]:
         """Indices of the cases to score, in order: all of them, or a seeded sample of `score_sample`."""
@@ -185,7 +193,7 @@ def timed_apply(editor: Editor, edits: Sequence[Edit], clock: Clock) -> None:
 def run_single(editor: Editor, cases: Sequence[EditCase], refs: dict, cfg: EvalConfig, clock: Clock,
                extra: Sequence[Edit]) -> dict:
     if extra:
-        raise ValueError("extra edits need --mode batch or sequential: single mode restores after every case")
+        raise ConfigError("extra edits need --mode batch or sequential: single mode restores after every case")
     tallies = Tallies()
     for count, index in enumerate(tqdm(cfg.scored(len(cases)), desc="single", disable=not cfg.progress)):
         timed_apply(editor, cases[index].edits, clock)
@@ -247,14 +255,16 @@ def evaluate(editor: Editor, cases: Sequence[EditCase], reference: Editor, cfg: 
     refs = references if references is not None else locality_references(reference, cases, cfg)
     clock = Clock()
     result = RUNNERS[cfg.mode](editor, cases, refs, cfg, clock, extra_edits)
-    return {"editor": editor.name, "model": editor.model_name, "model_identity": model_identity(editor.model_name),
+    return {"editor": editor.name, "editor_config": config_dict(editor.config), "model": editor.model_name,
+            "model_identity": model_identity(editor.model_name),
             "dataset": dataset, "mode": cfg.mode, "n_cases": len(cases), "scored_cases": len(cfg.scored(len(cases))),
             "extra_edits": len(extra_edits), **result, "timing": clock.summary(), "harness_version": HARNESS_VERSION}
 
 
 def format_table(report: dict) -> str:
     """A plain-text table of a report's metrics."""
-    sample = f", {report['scored_cases']} scored" if report.get("scored_cases", report["n_cases"]) < report["n_cases"] else ""
+    scored = report.get("scored_cases", report["n_cases"])
+    sample = f", {scored} scored" if scored < report["n_cases"] else ""
     extra = f", {report['extra_edits']} extra edits stored" if report.get("extra_edits") else ""
     header = f"{report['editor']} on {report['dataset']} ({report['mode']}, {report['n_cases']} cases{sample}{extra})"
     lines = [header, f"{'facet':<16}{'token_acc':>10}{'gen_acc':>10}{'prob_win':>10}{'n':>7}"]

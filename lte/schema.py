@@ -9,15 +9,15 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
 
+from lte.errors import SchemaError
+
+# The four facets every editor is scored on (lte/harness.py); defined here, once, because cases carry their probes.
 FACETS = ("reliability", "generalization", "locality", "portability")
-
-
-class SchemaError(ValueError):
-    """Invalid edit or case data. The message starts with the location (file:line or record) and field."""
 
 
 def _fail(where: str, field_name: str, problem: str) -> SchemaError:
@@ -90,7 +90,7 @@ class Edit:
         if not self.id:
             object.__setattr__(self, "id", content_id(self.subject, self.prompt, self.target_new))
         if not self.created_at:
-            object.__setattr__(self, "created_at", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+            object.__setattr__(self, "created_at", datetime.now(UTC).isoformat(timespec="seconds"))
         object.__setattr__(self, "paraphrases", tuple(self.paraphrases))
 
     @property
@@ -99,7 +99,7 @@ class Edit:
         return f"{self.subject.strip().lower()}|{self.relation.strip().lower()}"
 
     @classmethod
-    def from_dict(cls, record: Mapping[str, Any], where: str = "") -> "Edit":
+    def from_dict(cls, record: Mapping[str, Any], where: str = "") -> Edit:
         if not isinstance(record, Mapping):
             raise SchemaError(f"{where}: expected a JSON object, got {type(record).__name__}")
         metadata = record.get("metadata") or {}
@@ -151,7 +151,7 @@ class Probe:
         return self.answers[0] if self.answers else None
 
     @classmethod
-    def from_dict(cls, record: Mapping[str, Any], where: str = "") -> "Probe":
+    def from_dict(cls, record: Mapping[str, Any], where: str = "") -> Probe:
         if isinstance(record, str):
             return cls(prompt=record)
         if not isinstance(record, Mapping):
@@ -205,7 +205,7 @@ class EditCase:
                 "locality": self.locality, "portability": self.portability}[facet]
 
     @classmethod
-    def from_edits(cls, case_id: str, edits: Iterable[Edit], **probes: Iterable[Probe]) -> "EditCase":
+    def from_edits(cls, case_id: str, edits: Iterable[Edit], **probes: Iterable[Probe]) -> EditCase:
         edits = tuple(edits)
         rewrite = tuple(Probe(e.prompt, (e.target_new,)) for e in edits)
         return cls(case_id=str(case_id), edits=edits, rewrite=rewrite,

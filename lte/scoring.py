@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import inspect
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -24,6 +25,16 @@ class TargetScore:
     @property
     def mean_logprob(self) -> float:
         return sum(self.logprobs) / len(self.logprobs) if self.logprobs else float("-inf")
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One greedy completion: its text, token counts and why it stopped ('stop': end of turn, 'length': limit)."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
 
 
 def target_ids(tokenizer: PreTrainedTokenizerBase, prompt: str, target: str) -> tuple[list[int], list[int]]:
@@ -104,3 +115,35 @@ class ModelRunner:
             for row, text in zip(rows, self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
                 texts[row] = text
         return texts
+
+    @torch.no_grad()
+    def complete(self, prompt: str, max_new_tokens: int) -> Completion:
+        """One prompt, greedy, with the token counts and finish reason an API reports."""
+        ids = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt").to(self.device)
+        output = self.model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=self.tokenizer.pad_token_id)[0, ids["input_ids"].shape[1]:]
+        ended = bool(len(output)) and output[-1].item() == self.tokenizer.eos_token_id
+        reason = "stop" if ended or len(output) < max_new_tokens else "length"
+        return Completion(self.tokenizer.decode(output, skip_special_tokens=True), ids["input_ids"].shape[1],
+                          len(output), reason)
+
+    def stream(self, prompt: str, max_new_tokens: int, stop: threading.Event) -> tuple[Iterator[str], threading.Thread]:
+        """Greedy generation on a thread, its text pieces as they come. Setting `stop` ends it after the current
+        token (a client that went away should not keep the model busy); join the thread before reusing the model."""
+        from transformers import (
+            StoppingCriteria,
+            StoppingCriteriaList,
+            TextIteratorStreamer,
+        )
+
+        class Stopped(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs) -> bool:
+                return stop.is_set()
+
+        ids = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt").to(self.device)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        thread = threading.Thread(target=self.model.generate, daemon=True, kwargs=dict(
+            **ids, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer,
+            pad_token_id=self.tokenizer.pad_token_id, stopping_criteria=StoppingCriteriaList([Stopped()])))
+        thread.start()
+        return iter(streamer), thread

@@ -4,30 +4,37 @@
   relevant stored edits; each response names them (ids, scores) in an extra `lte` field.
 - `POST/GET /v1/edits`, `GET/DELETE /v1/edits/{id}`, `POST /v1/edits/search`: edits take effect on the next request.
 - `GET /health` and the page at `/` are open; with an API key set, every `/v1` request needs `Authorization: Bearer`.
-Generation runs off the event loop, one request at a time in arrival order (an asyncio semaphore is FIFO); the
-queue is bounded (503 when full). Edit text only ever enters the fact block of the user turn (`lte.prompting`).
+
+Prompts and routing come from the editor (`LTEEditor.chat_prompt`, `runner_for`), so the server answers exactly as
+`lte ask` and the harness do. Generation runs off the event loop, one request at a time in arrival order, through
+`GenerationQueue.slot()`: the queue is bounded (503 when full), a request cancelled while waiting leaves it, and a
+slot is released only once its generation has stopped. Edit text only ever enters the fact block of the user turn.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from importlib.resources import files
-from typing import Any, AsyncIterator
+from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+import anyio
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lte import prompting
-from lte.inference import LTEEditor
-from lte.schema import Edit, SchemaError
+from lte.errors import InputError, SchemaError
+from lte.lte_editor import LTEEditor
+from lte.schema import Edit
+from lte.scoring import Completion
 from retrieval.store import Hit
 
 
@@ -51,67 +58,94 @@ class APIError(Exception):
         self.status, self.message, self.kind, self.code = status, message, kind, code
 
 
-def error_body(status: int, message: str, kind: str, code: str | None = None) -> JSONResponse:
+def error_body(status: int, message: str, kind: str = "invalid_request_error", code: str | None = None) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": code}}, status_code=status)
 
 
+# ---------------------------------------------------------------- the generation queue
+
+class GenerationQueue:
+    """One generation at a time, in arrival order (asyncio.Lock wakes waiters first come, first served), with at
+    most `max_queue` waiting. The wait count is kept in a `finally`, so requests cancelled while queued (a client
+    that went away) leave no trace."""
+
+    def __init__(self, max_queue: int):
+        self.max_queue, self.waiting = max_queue, 0
+        self._lock: asyncio.Lock | None = None  # created on first use, inside the server's event loop
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        self._lock = self._lock or asyncio.Lock()
+        if self.waiting >= self.max_queue:
+            raise APIError(503, "server busy: too many queued generation requests", "server_error", "overloaded")
+        self.waiting += 1
+        try:
+            await self._lock.acquire()
+        finally:
+            self.waiting -= 1
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+
 class Service:
-    """The editor (model + store) shared by all requests, and the generation queue."""
+    """The editor (model + store) shared by all requests, its write lock and the generation queue."""
 
     def __init__(self, editor: LTEEditor, cfg: ServerConfig):
         self.editor, self.cfg = editor, cfg
         self.write_lock = threading.Lock()
-        self._slot: asyncio.Semaphore | None = None
-        self.waiting = 0
+        self.queue = GenerationQueue(cfg.max_queue)
 
     @property
     def model_id(self) -> str:
         return self.editor.model_name
 
-    async def generation_slot(self):
-        if self._slot is None:
-            self._slot = asyncio.Semaphore(1)
-        if self.waiting >= self.cfg.max_queue:
-            raise APIError(503, "server busy: too many queued generation requests", "server_error", "overloaded")
-        self.waiting += 1
-        await self._slot.acquire()
-        self.waiting -= 1
-        return self._slot
-
     def prompt_for(self, messages: list[dict[str, str]]) -> tuple[str, list[Hit]]:
-        hits = self.editor.retrieve([messages[-1]["content"]])[0]
-        facts = [hit.edit.statement for hit in hits]
         try:
-            return prompting.render_conversation(self.editor.loaded.tokenizer, messages, facts), hits
-        except ValueError as error:
+            return self.editor.chat_prompt(messages)
+        except InputError as error:
             raise APIError(400, str(error)) from None
 
-    def generate(self, prompt: str, max_tokens: int, has_facts: bool = True) -> tuple[str, int, int, str]:
-        """Greedy completion: (text, prompt tokens, completion tokens, finish reason)."""
-        chosen = self.editor.model_for(has_facts)
-        tokenizer, model = chosen.tokenizer, chosen.model
-        ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt").to(model.device)
-        output = model.generate(**ids, max_new_tokens=max_tokens, do_sample=False,
-                                pad_token_id=tokenizer.pad_token_id)[0, ids["input_ids"].shape[1]:]
-        finished = bool(len(output)) and output[-1].item() == tokenizer.eos_token_id
-        text = tokenizer.decode(output, skip_special_tokens=True)
-        reason = "stop" if finished or len(output) < max_tokens else "length"
-        return text, ids["input_ids"].shape[1], len(output), reason
+    async def complete(self, prompt: str, hits: list[Hit], max_tokens: int) -> Completion:
+        async with self.queue.slot():
+            return await asyncio.to_thread(self.editor.runner_for(bool(hits)).complete, prompt, max_tokens)
 
-    def stream(self, prompt: str, max_tokens: int, has_facts: bool = True):
-        """Start generation in a thread; returns an iterator over text pieces."""
-        from transformers import TextIteratorStreamer
+    async def stream(self, prompt: str, hits: list[Hit], max_tokens: int) -> AsyncIterator[str]:
+        """Text pieces of one generation; the caller holds the slot. However the stream ends (a client disconnect
+        too), the generation thread is told to stop and joined before this returns, so the slot is never given
+        back while the model is still busy."""
+        stop = threading.Event()
+        pieces, thread = self.editor.runner_for(bool(hits)).stream(prompt, max_tokens, stop)
+        try:
+            while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
+                if piece:
+                    yield piece
+        finally:
+            stop.set()
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(thread.join)
 
-        chosen = self.editor.model_for(has_facts)
-        tokenizer, model = chosen.tokenizer, chosen.model
-        ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt").to(model.device)
-        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        thread = threading.Thread(target=model.generate, kwargs=dict(
-            **ids, max_new_tokens=max_tokens, do_sample=False, streamer=streamer,
-            pad_token_id=tokenizer.pad_token_id), daemon=True)
-        thread.start()
-        return streamer, thread
 
+class QueuedStreamingResponse(StreamingResponse):
+    """A stream whose generation slot was taken before the headers went out (a full queue is a 503, not a broken
+    stream) and is given back when the response ends, however it ends: the body is closed first (its generation
+    thread joined), then the slot released."""
+
+    def __init__(self, content: AsyncIterator[str], held: contextlib.AsyncExitStack, **kwargs):
+        super().__init__(content, **kwargs)
+        self.held = held
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.body_iterator.aclose()
+                await self.held.aclose()
+
+
+# ---------------------------------------------------------------- request parsing
 
 def edits_used(hits: list[Hit]) -> list[dict[str, Any]]:
     return [{"id": h.edit.id, "score": h.score, "statement": h.edit.statement} for h in hits]
@@ -132,6 +166,16 @@ def parse_messages(body: dict) -> list[dict[str, str]]:
     return parsed
 
 
+def parse_prompt(body: Any) -> list[dict[str, str]]:
+    """/v1/completions: the prompt as a one-turn conversation."""
+    text = body.get("prompt") if isinstance(body, dict) else None
+    if isinstance(text, list) and len(text) == 1:
+        text = text[0]
+    if not isinstance(text, str) or not text.strip():
+        raise APIError(400, "'prompt' must be a non-empty string")
+    return [{"role": "user", "content": text}]
+
+
 def requested_tokens(body: dict, cfg: ServerConfig) -> int:
     value = body.get("max_completion_tokens") or body.get("max_tokens") or cfg.default_tokens
     if not isinstance(value, int) or value < 1:
@@ -150,174 +194,208 @@ def parse_edits(body: Any) -> list[Edit]:
         raise APIError(400, str(error)) from None
 
 
-def create_app(service: Service) -> FastAPI:
-    cfg = service.cfg
-    app = FastAPI(title="lte", description="Learning-to-Edit server: answers with the stored edits.")
+async def json_body(request: Request) -> Any:
+    """The body as JSON, read in chunks and refused (413) as soon as it passes the size limit, whether or not the
+    client declared its length."""
+    limit = service_of(request).cfg.max_body_bytes
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > limit:
+            raise APIError(413, f"request body over {limit} bytes")
+    try:
+        return json.loads(bytes(raw) or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        where = f" at line {error.lineno}" if isinstance(error, json.JSONDecodeError) else ""
+        raise APIError(400, f"body is not valid JSON{where}") from None
 
-    @app.exception_handler(APIError)
-    async def api_error(request: Request, error: APIError):
-        return error_body(error.status, error.message, error.kind, error.code)
 
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, error: StarletteHTTPException):
-        return error_body(error.status_code, str(error.detail), "invalid_request_error")
+async def json_object(request: Request) -> dict:
+    body = await json_body(request)
+    if not isinstance(body, dict):
+        raise APIError(400, "body must be a JSON object")
+    return body
 
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, error: RequestValidationError):
-        return error_body(400, f"invalid request: {error.errors()}", "invalid_request_error")
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > cfg.max_body_bytes:
-            return error_body(413, f"request body over {cfg.max_body_bytes} bytes", "invalid_request_error")
-        return await call_next(request)
+# ---------------------------------------------------------------- responses
 
-    def authorised(request: Request) -> None:
-        if cfg.api_key is None:
-            return
-        header = request.headers.get("authorization", "")
-        token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
-        if not secrets.compare_digest(token, cfg.api_key):
-            raise APIError(401, "missing or wrong API key (send 'Authorization: Bearer KEY')",
-                           "invalid_request_error", "invalid_api_key")
+def completion_body(kind: str, service: Service, completion: Completion, hits: list[Hit]) -> dict:
+    """The one response shape of both endpoints: kind 'chat' (chat.completion) or 'text' (text_completion)."""
+    if kind == "chat":
+        choice = {"index": 0, "message": {"role": "assistant", "content": completion.text}}
+        head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion"}
+    else:
+        choice = {"index": 0, "text": completion.text, "logprobs": None}
+        head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion"}
+    usage = {"prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens,
+             "total_tokens": completion.prompt_tokens + completion.completion_tokens}
+    return {**head, "created": int(time.time()), "model": service.model_id,
+            "choices": [{**choice, "finish_reason": completion.finish_reason}], "usage": usage,
+            "lte": {"edits": edits_used(hits)}}
 
-    async def json_body(request: Request) -> Any:
-        raw = await request.body()
-        if len(raw) > cfg.max_body_bytes:
-            raise APIError(413, f"request body over {cfg.max_body_bytes} bytes")
+
+async def chat_chunks(service: Service, prompt: str, hits: list[Hit], max_tokens: int) -> AsyncIterator[str]:
+    """Server-sent events of a streamed chat completion: the role (with the edits used), the text, the end."""
+    chunk_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+    def event(delta: dict, finish: str | None = None, extra: dict | None = None) -> str:
+        payload = {"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": service.model_id,
+                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **(extra or {})}
+        return f"data: {json.dumps(payload)}\n\n"
+
+    yield event({"role": "assistant", "content": ""}, extra={"lte": {"edits": edits_used(hits)}})
+    async with contextlib.aclosing(service.stream(prompt, hits, max_tokens)) as pieces:
+        async for piece in pieces:
+            yield event({"content": piece})
+    yield event({}, finish="stop")
+    yield "data: [DONE]\n\n"
+
+
+# ---------------------------------------------------------------- dependencies and handlers
+
+def service_of(request: Request) -> Service:
+    return request.app.state.service
+
+
+def authorised(request: Request) -> None:
+    key = service_of(request).cfg.api_key
+    if key is None:
+        return
+    header = request.headers.get("authorization", "")
+    token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+    # compared as UTF-8 bytes: compare_digest refuses non-ASCII str, and a bad key must be 401, never 500
+    if not secrets.compare_digest(token.encode("utf-8", "surrogateescape"), key.encode()):
+        raise APIError(401, "missing or wrong API key (send 'Authorization: Bearer KEY')",
+                       "invalid_request_error", "invalid_api_key")
+
+
+api = APIRouter(prefix="/v1", dependencies=[Depends(authorised)])
+pages = APIRouter()
+
+
+@pages.get("/", response_class=HTMLResponse, include_in_schema=False)
+def page() -> str:
+    return files("lte").joinpath("static/index.html").read_text(encoding="utf-8")
+
+
+@pages.get("/health")
+def health(service: Service = Depends(service_of)) -> dict:
+    return {"status": "ok", "model": service.model_id, "queued": service.queue.waiting}
+
+
+@api.get("/models")
+def models(service: Service = Depends(service_of)) -> dict:
+    return {"object": "list", "data": [{"id": service.model_id, "object": "model", "created": 0, "owned_by": "lte"}]}
+
+
+@api.post("/chat/completions")
+async def chat(request: Request, service: Service = Depends(service_of)):
+    body = await json_object(request)
+    messages, max_tokens = parse_messages(body), requested_tokens(body, service.cfg)
+    prompt, hits = await asyncio.to_thread(service.prompt_for, messages)
+    if body.get("stream"):
+        held = contextlib.AsyncExitStack()
+        await held.enter_async_context(service.queue.slot())  # before the headers: a full queue is a 503
         try:
-            return json.loads(raw or b"null")
-        except json.JSONDecodeError as error:
-            raise APIError(400, f"body is not valid JSON: {error.msg} at line {error.lineno}") from None
+            return QueuedStreamingResponse(chat_chunks(service, prompt, hits, max_tokens), held,
+                                           media_type="text/event-stream")
+        except BaseException:
+            await held.aclose()
+            raise
+    return completion_body("chat", service, await service.complete(prompt, hits, max_tokens), hits)
 
-    guard = [Depends(authorised)]
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def page() -> str:
-        return files("lte").joinpath("static/index.html").read_text(encoding="utf-8")
+@api.post("/completions")
+async def completions(request: Request, service: Service = Depends(service_of)):
+    body = await json_body(request)
+    prompt, hits = await asyncio.to_thread(service.prompt_for, parse_prompt(body))
+    completion = await service.complete(prompt, hits, requested_tokens(body, service.cfg))
+    return completion_body("text", service, completion, hits)
 
-    @app.get("/health")
-    def health() -> dict:
-        return {"status": "ok", "model": service.model_id, "queued": service.waiting}
 
-    @app.get("/v1/models", dependencies=guard)
-    def models() -> dict:
-        return {"object": "list", "data": [{"id": service.model_id, "object": "model", "created": 0,
-                                            "owned_by": "lte"}]}
+@api.post("/edits")
+async def add_edits(request: Request, service: Service = Depends(service_of)):
+    edits = parse_edits(await json_body(request))
 
-    @app.post("/v1/chat/completions", dependencies=guard)
-    async def chat(request: Request):
-        body = await json_body(request)
-        if not isinstance(body, dict):
-            raise APIError(400, "body must be a JSON object")
-        messages, max_tokens = parse_messages(body), requested_tokens(body, cfg)
-        prompt, hits = await asyncio.to_thread(service.prompt_for, messages)
-        if body.get("stream"):
-            return StreamingResponse(stream_chat(prompt, hits, max_tokens), media_type="text/event-stream")
-        slot = await service.generation_slot()
-        try:
-            text, n_prompt, n_done, finish = await asyncio.to_thread(service.generate, prompt, max_tokens,
-                                                                     bool(hits))
-        finally:
-            slot.release()
-        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-                "model": service.model_id,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
-                "usage": {"prompt_tokens": n_prompt, "completion_tokens": n_done, "total_tokens": n_prompt + n_done},
-                "lte": {"edits": edits_used(hits)}}
-
-    async def stream_chat(prompt: str, hits: list[Hit], max_tokens: int) -> AsyncIterator[str]:
-        slot = await service.generation_slot()
-        chunk_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-
-        def chunk(delta: dict, finish: str | None = None, extra: dict | None = None) -> str:
-            payload = {"id": chunk_id, "object": "chat.completion.chunk", "created": created,
-                       "model": service.model_id, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-                       **(extra or {})}
-            return f"data: {json.dumps(payload)}\n\n"
-
-        try:
-            yield chunk({"role": "assistant", "content": ""}, extra={"lte": {"edits": edits_used(hits)}})
-            streamer, thread = service.stream(prompt, max_tokens, bool(hits))
-            pieces = iter(streamer)
-            while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
-                if piece:
-                    yield chunk({"content": piece})
-            await asyncio.to_thread(thread.join)
-            yield chunk({}, finish="stop")
-            yield "data: [DONE]\n\n"
-        finally:
-            slot.release()
-
-    @app.post("/v1/completions", dependencies=guard)
-    async def completions(request: Request):
-        body = await json_body(request)
-        prompt_text = body.get("prompt") if isinstance(body, dict) else None
-        if isinstance(prompt_text, list) and len(prompt_text) == 1:
-            prompt_text = prompt_text[0]
-        if not isinstance(prompt_text, str) or not prompt_text.strip():
-            raise APIError(400, "'prompt' must be a non-empty string")
-        prompt, hits = await asyncio.to_thread(service.prompt_for, [{"role": "user", "content": prompt_text}])
-        slot = await service.generation_slot()
-        try:
-            text, n_prompt, n_done, finish = await asyncio.to_thread(service.generate, prompt,
-                                                                     requested_tokens(body, cfg), bool(hits))
-        finally:
-            slot.release()
-        return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-                "model": service.model_id, "choices": [{"index": 0, "text": text, "finish_reason": finish,
-                                                        "logprobs": None}],
-                "usage": {"prompt_tokens": n_prompt, "completion_tokens": n_done, "total_tokens": n_prompt + n_done},
-                "lte": {"edits": edits_used(hits)}}
-
-    @app.post("/v1/edits", dependencies=guard)
-    async def add_edits(request: Request):
-        edits = parse_edits(await json_body(request))
-
-        def write():
-            with service.write_lock:
-                return service.editor.store.add(edits, progress=False)
-
-        report = await asyncio.to_thread(write)
-        return {"added": report.added, "skipped": report.skipped, "superseded": report.superseded,
-                "ids": [edit.id for edit in edits]}
-
-    @app.get("/v1/edits", dependencies=guard)
-    def list_edits(offset: int = 0, limit: int = 50, history: bool = False) -> dict:
-        if offset < 0 or not 1 <= limit <= 1000:
-            raise APIError(400, "offset must be ≥ 0 and limit between 1 and 1000")
-        stored = service.editor.store.list(history=history)
-        page_items = stored[offset: offset + limit]
-        return {"object": "list", "total": len(stored), "offset": offset,
-                "data": [{**s.edit.to_dict(), "status": s.status, "superseded_by": s.superseded_by}
-                         for s in page_items]}
-
-    @app.get("/v1/edits/{edit_id}", dependencies=guard)
-    def get_edit(edit_id: str) -> dict:
-        stored = service.editor.store.get(edit_id)
-        if stored is None:
-            raise APIError(404, f"no edit with id {edit_id}", code="not_found")
-        return {**stored.edit.to_dict(), "status": stored.status, "superseded_by": stored.superseded_by}
-
-    @app.delete("/v1/edits/{edit_id}", dependencies=guard)
-    def delete_edit(edit_id: str) -> dict:
+    def write():
         with service.write_lock:
-            if not service.editor.store.delete(edit_id):
-                raise APIError(404, f"no edit with id {edit_id}", code="not_found")
-        return {"id": edit_id, "deleted": True}
+            return service.editor.store.add(edits, progress=False)
 
-    @app.post("/v1/edits/search", dependencies=guard)
-    async def search(request: Request):
-        body = await json_body(request)
-        query = body.get("query") if isinstance(body, dict) else None
-        k = body.get("k", 3) if isinstance(body, dict) else 3
-        if not isinstance(query, str) or not query.strip() or not isinstance(k, int) or not 1 <= k <= 50:
-            raise APIError(400, "'query' must be a non-empty string and 'k' an integer from 1 to 50")
-        hits = await asyncio.to_thread(service.editor.store.search, query, k)
-        return {"object": "list", "threshold": service.editor.store.threshold,
-                "data": [{**h.edit.to_dict(), "score": h.score} for h in hits]}
+    report = await asyncio.to_thread(write)
+    return {"added": report.added, "skipped": report.skipped, "superseded": report.superseded,
+            "ids": [edit.id for edit in edits]}
 
+
+@api.get("/edits")
+def list_edits(offset: int = 0, limit: int = 50, history: bool = False,
+               service: Service = Depends(service_of)) -> dict:
+    if offset < 0 or not 1 <= limit <= 1000:
+        raise APIError(400, "offset must be ≥ 0 and limit between 1 and 1000")
+    stored = service.editor.store.list(history=history)
+    return {"object": "list", "total": len(stored), "offset": offset,
+            "data": [{**s.edit.to_dict(), "status": s.status, "superseded_by": s.superseded_by}
+                     for s in stored[offset: offset + limit]]}
+
+
+@api.get("/edits/{edit_id}")
+def get_edit(edit_id: str, service: Service = Depends(service_of)) -> dict:
+    stored = service.editor.store.get(edit_id)
+    if stored is None:
+        raise APIError(404, f"no edit with id {edit_id}", code="not_found")
+    return {**stored.edit.to_dict(), "status": stored.status, "superseded_by": stored.superseded_by}
+
+
+@api.delete("/edits/{edit_id}")
+def delete_edit(edit_id: str, service: Service = Depends(service_of)) -> dict:
+    with service.write_lock:
+        if not service.editor.store.delete(edit_id):
+            raise APIError(404, f"no edit with id {edit_id}", code="not_found")
+    return {"id": edit_id, "deleted": True}
+
+
+@api.post("/edits/search")
+async def search(request: Request, service: Service = Depends(service_of)):
+    body = await json_object(request)
+    query, k = body.get("query"), body.get("k", 3)
+    if not isinstance(query, str) or not query.strip() or not isinstance(k, int) or not 1 <= k <= 50:
+        raise APIError(400, "'query' must be a non-empty string and 'k' an integer from 1 to 50")
+    hits = await asyncio.to_thread(service.editor.store.search, query, k)
+    return {"object": "list", "threshold": service.editor.store.threshold,
+            "data": [{**h.edit.to_dict(), "score": h.score} for h in hits]}
+
+
+# ---------------------------------------------------------------- the app
+
+async def on_api_error(request: Request, error: APIError) -> JSONResponse:
+    return error_body(error.status, error.message, error.kind, error.code)
+
+
+async def on_http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    return error_body(error.status_code, str(error.detail))
+
+
+async def on_validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+    return error_body(400, f"invalid request: {error.errors()}")
+
+
+async def limit_declared_body(request: Request, call_next):
+    """413 at once for a declared Content-Length over the limit; chunked bodies are cut off by `json_body`."""
+    length = request.headers.get("content-length")
+    limit = service_of(request).cfg.max_body_bytes
+    if length and length.isdigit() and int(length) > limit:
+        return error_body(413, f"request body over {limit} bytes")
+    return await call_next(request)
+
+
+def create_app(service: Service) -> FastAPI:
+    app = FastAPI(title="lte", description="Learning-to-Edit server: answers with the stored edits.")
+    app.state.service = service
+    app.add_exception_handler(APIError, on_api_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.middleware("http")(limit_declared_body)
+    app.include_router(pages)
+    app.include_router(api)
     return app
 
 

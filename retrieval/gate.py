@@ -20,9 +20,9 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -54,7 +54,7 @@ class Gate:
         return json.dumps(asdict(self))
 
     @classmethod
-    def from_json(cls, text: str) -> "Gate":
+    def from_json(cls, text: str) -> Gate:
         data = json.loads(text)
         data["weights"] = tuple(data["weights"])
         return cls(**data)
@@ -63,7 +63,7 @@ class Gate:
         Path(path).write_text(self.to_json() + "\n")
 
     @classmethod
-    def load(cls, path: Path) -> "Gate":
+    def load(cls, path: Path) -> Gate:
         return cls.from_json(Path(path).read_text())
 
 

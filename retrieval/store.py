@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from lte.errors import NotFoundError
 from lte.schema import Edit, EditCase
 from retrieval import gate as gates
 from retrieval.embedder import Embedder
@@ -47,9 +48,20 @@ class StoredEdit:
 
 @dataclass(frozen=True)
 class AddReport:
+    """Counts, plus which edits this call stored and which stored edits it made history (so it can be undone)."""
+
     added: int
     skipped: int
     superseded: int
+    added_ids: tuple[str, ...] = ()
+    superseded_ids: tuple[str, ...] = ()
+
+
+def collect(result: tuple[int, list[str]], superseded: list[str]) -> int:
+    """Add one written batch's superseded stored ids to `superseded`; return its superseded count."""
+    count, ids = result
+    superseded += ids
+    return count
 
 
 def open_client(path: Path | None = None, url: str | None = None):
@@ -99,7 +111,7 @@ class EditStore:
 
     @classmethod
     def open(cls, path: Path | None = None, url: str | None = None, collection: str = "edits",
-             embedder: Embedder | None = None, gate: Gate | None = None) -> "EditStore":
+             embedder: Embedder | None = None, gate: Gate | None = None) -> EditStore:
         return cls(open_client(path, url), collection, embedder, gate)
 
     @property
@@ -123,7 +135,8 @@ class EditStore:
         edits = list({edit.id: edit for edit in edits}.values())
         stored = self._stored_ids([e.id for e in edits])
         fresh = [e for e in edits if e.id not in stored]
-        superseded = 0
+        superseded: list[str] = []
+        counted = 0
         with tqdm(total=len(edits), desc="adding edits", unit="edit", disable=not progress) as bar, \
                 ThreadPoolExecutor(max_workers=1) as writer:
             bar.update(len(edits) - len(fresh))
@@ -132,11 +145,11 @@ class EditStore:
                 batch = fresh[start:start + batch_size]
                 keys = self._embedded_keys(list(newest_per_slot(batch).values()))
                 if pending is not None:
-                    superseded += pending.result()
+                    counted += collect(pending.result(), superseded)
                 pending = writer.submit(self._write_batch, batch, keys, bar)
             if pending is not None:
-                superseded += pending.result()
-        return AddReport(len(fresh), len(edits) - len(fresh), superseded)
+                counted += collect(pending.result(), superseded)
+        return AddReport(len(fresh), len(edits) - len(fresh), counted, tuple(e.id for e in fresh), tuple(superseded))
 
     def _stored_ids(self, ids: Sequence[str]) -> set[str]:
         step = self.client.get_max_batch_size()
@@ -149,7 +162,7 @@ class EditStore:
         vectors = self.embedder.encode([row[3] for row in rows]).tolist() if rows else []
         return [row + (vector,) for row, vector in zip(rows, vectors)]
 
-    def _write_batch(self, edits: Sequence[Edit], keys: list, bar) -> int:
+    def _write_batch(self, edits: Sequence[Edit], keys: list, bar) -> tuple[int, list[str]]:
         self._write_keys(keys)
         superseded = self._write_records(edits)
         bar.update(len(edits))
@@ -162,8 +175,9 @@ class EditStore:
             self.keys.upsert(ids=[k[0] for k in part], embeddings=[k[4] for k in part],
                              metadatas=[{"edit_id": k[1], "kind": k[2], "text": k[3]} for k in part])
 
-    def _write_records(self, edits: Sequence[Edit]) -> int:
-        """Store the records; older edits of the same slot become history. Returns how many were superseded.
+    def _write_records(self, edits: Sequence[Edit]) -> tuple[int, list[str]]:
+        """Store the records; older edits of the same slot become history. Returns how many were superseded and
+        the ids of the previously stored ones among them.
 
         Stored edits are superseded before the new records are written: a crash in between leaves the slot with no
         current edit rather than two, and re-running the import writes the new record."""
@@ -176,7 +190,7 @@ class EditStore:
         metas = [self._record_meta(e, seq + i) if winners[e.supersede_key] is e else
                  self._record_meta(e, seq + i, SUPERSEDED, winners[e.supersede_key].id) for i, e in enumerate(edits)]
         self.records.upsert(ids=[e.id for e in edits], embeddings=[_PLACEHOLDER] * len(edits), metadatas=metas)
-        return len(stored_losers) + len(edits) - len(winners)
+        return len(stored_losers) + len(edits) - len(winners), [old.id for old in stored_losers]
 
     @staticmethod
     def _record_meta(edit: Edit, seq: int, status: str = CURRENT, superseded_by: str = "") -> dict:
@@ -213,7 +227,7 @@ class EditStore:
         """Make a superseded edit current again; the edit currently holding its slot becomes history."""
         stored = self.get(edit_id)
         if stored is None:
-            raise KeyError(f"no edit with id {edit_id}")
+            raise NotFoundError(f"no edit with id {edit_id}")
         for current in self._current_for([stored.edit.supersede_key]):
             if current.edit.id != edit_id:
                 self._set_status(current.edit.id, SUPERSEDED, edit_id)

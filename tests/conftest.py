@@ -10,12 +10,15 @@ from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+from lte.settings import Settings
+
+# The public datasets, where `lte` itself looks for them (LTE_DATASETS, else shared/datasets beside the checkout).
+SHARED = Settings.from_env().datasets_dir
 
 
 def shared_file(relative: str) -> Path:
-    path = SHARED / relative
-    if not path.is_file():
+    path = SHARED / relative if SHARED else None
+    if path is None or not path.is_file():
         pytest.skip(f"shared dataset {relative} is not present")
     return path
 
@@ -34,6 +37,23 @@ def tiny():
     from lte.models import load_model
 
     return load_model("tiny-random")
+
+
+@pytest.fixture(scope="session")
+def ke_trained(tiny, tmp_path_factory):
+    """A KnowledgeEditor hypernetwork trained briefly on the tiny model, and its 10 held-out cases (shared by the
+    KE tests and the editor contract test)."""
+    import random
+
+    from baselines.ke_training import KETrainConfig, train_ke
+    from baselines.knowledge_editor import KEConfig
+    from lte.align.data import table_cases
+
+    cases = table_cases(120, random.Random(1))
+    path = tmp_path_factory.mktemp("ke") / "ke.pt"
+    train_ke(tiny, cases[10:], cases[:10], path, KEConfig(hidden=32),
+             KETrainConfig(steps=40, eval_every=20, save_every=20, dev_cases=10), progress=False)
+    return path, cases[:10]
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,7 @@ import random
 
 from lte import prompting
 from lte.align.data import AlignDataConfig, build_rows, table_cases, whole_sentences
-from lte.align.train import AlignConfig, align
+from lte.align.finetune import AlignConfig, align
 from lte.models import MANIFEST, load_model
 
 SMALL = AlignDataConfig(in_scope=24, out_of_scope=12, linguistic=6, describe=6, table_edits=30, distill_tokens=4,

@@ -1,6 +1,11 @@
 import torch
 
-from baselines.common import prefix_cached_batch, rendered, subject_last_token, target_batch
+from baselines.common import (
+    prefix_cached_batch,
+    rendered,
+    subject_last_token,
+    target_batch,
+)
 
 PROMPTS = ["The Eiffel Tower is located in", "Where can one find the Eiffel Tower?", "The Eiffel Tower is a"]
 

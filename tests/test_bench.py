@@ -1,7 +1,8 @@
 import json
 
-import lte.bench as bench
+import lte.grid as bench
 from lte.cli import main
+from lte.errors import CheckpointError
 from lte.settings import Settings
 
 
@@ -33,7 +34,7 @@ def test_bench_writes_tables_plots_and_resumes_from_cache(tmp_path, monkeypatch,
     def no_rerun(cell, *args, **kwargs):
         if cell.editor != "ke":  # skipped cells are tried again (a checkpoint may exist by now)
             raise AssertionError("a cached cell was run again")
-        raise FileNotFoundError("ke: still no checkpoint; train ke first")
+        raise CheckpointError("ke: still no checkpoint; train ke first")
 
     monkeypatch.setattr(bench, "run_cell", no_rerun)
     assert main(args) == 0  # every measured cell cached
@@ -87,3 +88,25 @@ def test_locality_references_are_computed_once_per_dataset_and_n(tmp_path, monke
     cfg = bench.BenchConfig(editors=["none", "context"], datasets=[f"toy={data}"], ns=[2], out=tmp_path / "b")
     results = bench.run_bench(cfg, Settings(model="tiny-random", home=tmp_path / "home"), progress=False)
     assert calls == [2] and all("metrics" in r for r in results.values())
+
+
+def test_editor_options_key_and_label_cells_and_bugs_are_failed_not_skipped(tmp_path, monkeypatch):
+    data = write_cases(tmp_path / "toy.jsonl", n=1)
+    out = tmp_path / "b"
+    args = ["--model", "tiny-random", "bench", "--editors", "lte", "--datasets", f"toy={data}", "--n", "1",
+            "--modes", "batch", "--out", str(out), "--set", "lte.k=1", "--no-progress"]
+    assert main(args) == 0
+    [cell] = json.loads((out / "results.json").read_text()).values()
+    assert cell["options"] == {"k": 1} and cell["editor_config"]["k"] == 1 and "metrics" in cell
+    assert (out / "cells" / "lte__toy__batch__1__k=1.json").is_file()
+    assert "| lte [k=1] | toy |" in (out / "RESULTS.md").read_text()
+    assert main(args[:-3] + ["--set", "rome.layer=1"]) == 2  # options for an editor not benched are refused
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug in the editor")
+
+    monkeypatch.setattr(bench, "run_cell", broken)
+    assert main(args[:-3] + ["--no-progress"]) == 0  # the same cell without options: a new key, run (and broken)
+    failed = json.loads((out / "cells" / "lte__toy__batch__1.json").read_text())
+    assert failed["failed"] == "RuntimeError: a bug in the editor" and "Traceback" in failed["trace"]
+    assert "skipped" not in failed

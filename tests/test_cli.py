@@ -88,3 +88,44 @@ def test_train_ke_takes_config_fields_and_refuses_unknown_ones(tmp_path, capsys)
     assert "unknown option(s) lambda_lrr" in capsys.readouterr().err and not out.exists()
     assert main(common + ["--steps", "2", "--dev", "2", "--set", "eval_every=1", "--set", "unrelated=1"]) == 0
     assert [p["step"] for p in json.loads(out.with_suffix(".curve.json").read_text())] == [1, 2]
+
+
+def test_eval_options_are_checked_before_anything_loads(tmp_path, capsys, monkeypatch):
+    import lte.commands.evaluate as evaluate
+
+    monkeypatch.setattr(evaluate, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    data = str(write_jsonl(tmp_path / "cases.jsonl", EDITS))
+    for options, message in ((["--set", "layer=six"], "rome: option 'layer': expected int, got 'six'"),
+                             (["--set", "layr=6"], "rome: unknown option(s) layr; known: layer")):
+        assert main(["eval", "--editor", "rome", "--dataset", data, *options]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["eval", "--editor", "ke", "--dataset", data, "--set", "hidden=8"]) == 2
+    assert "option 'hidden' cannot be set here: fixed by the trained checkpoint" in capsys.readouterr().err
+    assert main(["eval", "--editor", "none", "--dataset", data, "--set", "k=5"]) == 2
+    assert "it takes no options" in capsys.readouterr().err
+
+
+def test_user_errors_are_one_line_unless_debug_and_bugs_keep_their_trace(tmp_path, capsys, monkeypatch):
+    assert main(["edit", "show", "nope"]) == 2
+    assert capsys.readouterr().err == "lte: error: no edit with id nope\n"
+    assert main(["--debug", "edit", "show", "nope"]) == 2
+    assert "Traceback" in capsys.readouterr().err
+    import lte.commands.edit as edit
+
+    monkeypatch.setattr(edit, "open_store", lambda settings: 1 / 0)  # a bug, not a user error
+    with pytest.raises(ZeroDivisionError):
+        main(["edit", "count"])
+
+
+def test_known_dataset_names_are_read_from_the_datasets_folder(tmp_path, monkeypatch):
+    from lte.catalog import KNOWN, dataset_path
+    from lte.errors import InputError
+    from lte.settings import Settings
+
+    monkeypatch.setenv("LTE_DATASETS", str(tmp_path / "data"))
+    assert dataset_path("zsre", Settings.from_env()) == ("zsre", tmp_path / "data" / KNOWN["zsre"])
+    assert dataset_path("mine=x.json", Settings.from_env()) == ("mine", __import__("pathlib").Path("x.json"))
+    monkeypatch.delenv("LTE_DATASETS")
+    monkeypatch.chdir(tmp_path)  # no shared/datasets here or beside
+    with pytest.raises(InputError, match="LTE_DATASETS or --datasets-dir"):
+        dataset_path("zsre", Settings.from_env())

@@ -1,8 +1,16 @@
 import numpy as np
 
 from lte.schema import Edit, EditCase, Probe
-from retrieval.gate import (Gate, UNFITTED, best_threshold, fit_gate, gate_pairs, legacy_gate, mask_subject,
-                            relation_similarity)
+from retrieval.gate import (
+    UNFITTED,
+    Gate,
+    best_threshold,
+    fit_gate,
+    gate_pairs,
+    legacy_gate,
+    mask_subject,
+    relation_similarity,
+)
 
 
 def test_mask_subject_whole_phrase_or_its_words():

@@ -15,6 +15,7 @@ from baselines.knowledge_editor import (
 )
 from lte.align.data import table_cases
 from lte.editor import Query
+from lte.errors import CheckpointError
 from lte.settings import Settings
 
 
@@ -32,13 +33,9 @@ def test_delta_shapes_and_gate(tiny):
     assert all(float(u.abs().max()) == 0.0 for u in closed.values())
 
 
-@pytest.fixture(scope="module")
-def trained(tiny, tmp_path_factory):
-    cases = table_cases(120, random.Random(1))
-    path = tmp_path_factory.mktemp("ke") / "ke.pt"
-    train_ke(tiny, cases[10:], cases[:10], path, KEConfig(hidden=32),
-             KETrainConfig(steps=40, eval_every=20, save_every=20, dev_cases=10), progress=False)
-    return path, cases[:10]
+@pytest.fixture
+def trained(ke_trained):
+    return ke_trained
 
 
 def test_trained_hypernetwork_raises_held_out_targets_and_restores_exactly(tiny, trained):
@@ -71,5 +68,5 @@ def test_training_resumes_from_its_checkpoint(tiny, trained, tmp_path):
 
 
 def test_missing_checkpoint_says_how_to_train(tiny, tmp_path):
-    with pytest.raises(FileNotFoundError, match="lte --model tiny-random train ke"):
-        KnowledgeEditor.from_options(Settings(home=tmp_path), tiny)
+    with pytest.raises(CheckpointError, match="lte --model tiny-random train ke"):
+        KnowledgeEditor.from_config(Settings(home=tmp_path), tiny)

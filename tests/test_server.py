@@ -4,7 +4,7 @@ import uuid
 import httpx
 import pytest
 
-from lte.inference import LTEEditor
+from lte.lte_editor import LTEEditor
 from lte.server import ServerConfig, Service
 from retrieval.store import EditStore, open_client
 from tests.conftest import running_server
@@ -115,3 +115,52 @@ def test_web_page_is_served(server):
     page = httpx.get(base + "/")
     assert page.status_code == 200 and "/v1/edits" in page.text
     json.dumps(page.headers.get("content-type"))
+
+
+def test_requests_cancelled_while_queued_leave_the_queue():
+    """Clients that go away while waiting must not hold queue places (they once made every later request a 503)."""
+    import asyncio
+
+    from lte.server import APIError, GenerationQueue
+
+    async def scenario():
+        queue = GenerationQueue(max_queue=2)
+        entered = asyncio.Event()
+
+        async def hold():
+            async with queue.slot():
+                entered.set()
+                await asyncio.sleep(3600)
+
+        holder = asyncio.create_task(hold())
+        await entered.wait()
+        for _ in range(4):  # waves of waiters that are cancelled (a disconnect) while queued
+            waiters = [asyncio.create_task(hold()) for _ in range(2)]
+            await asyncio.sleep(0)
+            assert queue.waiting == 2
+            with pytest.raises(APIError, match="too many queued"):
+                async with queue.slot():
+                    pass
+            for task in waiters:
+                task.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
+            assert queue.waiting == 0
+        holder.cancel()
+        await asyncio.gather(holder, return_exceptions=True)
+        async with queue.slot():  # the slot is free again
+            return queue.waiting
+
+    assert asyncio.run(scenario()) == 0
+
+
+def test_hostile_keys_and_bodies_get_4xx_not_500(server):
+    base, _ = server
+    response = httpx.get(base + "/v1/models", headers={"Authorization": "Bearer ключ-é".encode()})
+    assert response.status_code == 401
+
+    def chunks():  # no Content-Length: the size check must happen while reading
+        for _ in range(40):
+            yield b"x" * 1000
+
+    with client(base) as c:
+        assert c.post("/v1/edits", content=chunks()).status_code == 413

@@ -76,16 +76,16 @@ def _training_cases():
     """Each case: its edit, two paraphrases, a neighbour (other subject) and another relation of its subject."""
     from lte.schema import EditCase, Probe
 
-    facts = [("The Space Needle", "is located in", "Goa", "Where is the Space Needle?", "Which city has the Space Needle?",
-              "Who designed the Space Needle?"),
-             ("The Eiffel Tower", "is located in", "Rome", "Where is the Eiffel Tower?", "In which city is the Eiffel Tower?",
-              "How tall is the Eiffel Tower?"),
+    facts = [("The Space Needle", "is located in", "Goa", "Where is the Space Needle?",
+              "Which city has the Space Needle?", "Who designed the Space Needle?"),
+             ("The Eiffel Tower", "is located in", "Rome", "Where is the Eiffel Tower?",
+              "In which city is the Eiffel Tower?", "How tall is the Eiffel Tower?"),
              ("Lionel Messi", "plays the sport of", "cricket", "What sport does Lionel Messi play?",
               "Which game is Lionel Messi known for?", "Where was Lionel Messi born?"),
              ("Toyota", "was founded in the country of", "Brazil", "Where was Toyota founded?",
               "In which country did Toyota start?", "Who is the CEO of Toyota?"),
-             ("Marie Curie", "was born in", "Oslo", "Where was Marie Curie born?", "What is the birthplace of Marie Curie?",
-              "Which prize did Marie Curie win?"),
+             ("Marie Curie", "was born in", "Oslo", "Where was Marie Curie born?",
+              "What is the birthplace of Marie Curie?", "Which prize did Marie Curie win?"),
              ("Nokia", "is headquartered in", "Lima", "Where is Nokia headquartered?", "In which city is Nokia based?",
               "What does Nokia make?")]
     cases = []
@@ -113,8 +113,8 @@ def test_the_unfitted_gate_is_the_old_relevance_score(store):
 
     store.add([NEEDLE], progress=False)
     [hit] = store.search("Where can I visit the Space Needle?", k=1, gated=False)
-    cosine = 1 - store.keys.query(query_embeddings=store.embedder.encode(["Where can I visit the Space Needle?"]).tolist(),
-                                  n_results=1, include=["distances"])["distances"][0][0]
+    vector = store.embedder.encode(["Where can I visit the Space Needle?"]).tolist()
+    cosine = 1 - store.keys.query(query_embeddings=vector, n_results=1, include=["distances"])["distances"][0][0]
     old = cosine - 0.3 * (1 - subject_coverage("Where can I visit the Space Needle?", NEEDLE.subject))
     assert (hit.score >= UNFITTED.threshold) == (old >= 0.5)
 

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from lte.inference import LTEEditor
+from lte.lte_editor import LTEEditor
 from retrieval.store import EditStore, open_client
 from tests.conftest import running_server
 

@@ -25,9 +25,9 @@ import hashlib
 import json
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from lte_data import data_lines, data_path
 from tqdm.auto import tqdm

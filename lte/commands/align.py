@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from lte.align.data import AlignDataConfig
-from lte.align.train import AlignConfig
+from lte.align.finetune import AlignConfig
+from lte.commands.common import existing_files
 from lte.models import load_model
 
 
@@ -34,13 +35,11 @@ def register(commands) -> None:
 
 
 def run(args, settings) -> int:
-    from lte.align.train import align
+    from lte.align.finetune import align
 
     name = Path(settings.model).name or "model"
     out = Path(args.out).expanduser() if args.out else settings.home / "aligned" / name
-    for path in args.data:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"--data {path}: no such file")
+    existing_files(args.data, "--data")
     data = AlignDataConfig(in_scope=args.in_scope, out_of_scope=args.out_of_scope, linguistic=args.linguistic,
                            describe=args.describe, seed=args.seed)
     cfg = AlignConfig(out=out, data_files=args.data, max_steps=args.max_steps, epochs=args.epochs,

@@ -17,11 +17,11 @@ def register(commands) -> None:
 
 
 def run(args, settings) -> int:
-    from lte.cli import print_json
-    from lte.inference import LTEEditor
+    from lte.commands.common import print_json
+    from lte.lte_editor import LTEConfig, LTEEditor
 
-    editor = LTEEditor.from_settings(settings, load_model(settings.model, settings.home), k=args.k,
-                                     private_store=False)
+    editor = LTEEditor.from_config(settings, load_model(settings.model, settings.home), LTEConfig(k=args.k),
+                                   private_store=False)
     answer = editor.answer(args.question, args.max_new_tokens)
     used = [{"id": h.edit.id, "score": h.score, "statement": h.edit.statement} for h in answer.hits]
     if args.json:

@@ -6,10 +6,14 @@ import math
 import shlex
 from pathlib import Path
 
-from lte.bench import DATASETS, EDITORS, QUICK, BenchConfig
+from lte.catalog import KNOWN
+from lte.errors import InputFileError
+from lte.registry import editor_names
 
 
 def register(commands) -> None:
+    from lte.grid import BenchConfig
+
     defaults = BenchConfig()
     parser = commands.add_parser(
         "bench", help="compare every editor on every dataset and write results and RESULTS.md",
@@ -17,10 +21,14 @@ def register(commands) -> None:
         "OUT/cells, so an interrupted bench continues. Writes OUT/results.json, OUT/results.md, PNG plots and "
         "a RESULTS.md (OUT/RESULTS.md unless --results-md). --model is the aligned model used by `lte`; the other "
         "editors use its base model.")
-    parser.add_argument("--editors", nargs="+", default=defaults.editors, choices=EDITORS, metavar="EDITOR")
+    parser.add_argument("--editors", nargs="+", default=defaults.editors, choices=editor_names(), metavar="EDITOR",
+                        help=f"default: all ({', '.join(editor_names())})")
     parser.add_argument("--datasets", nargs="+", default=defaults.datasets, metavar="NAME|LABEL=PATH",
-                        help=f"known: {', '.join(DATASETS)} (default: {', '.join(defaults.datasets)}); or "
+                        help=f"known: {', '.join(KNOWN)} (default: {', '.join(defaults.datasets)}); or "
                         "label=path for any dataset file")
+    parser.add_argument("--set", action="append", default=[], metavar="EDITOR.KEY=VALUE",
+                        help="an option of one editor's config, e.g. --set lte.gate=FILE --set rome.layer=6; cells "
+                        "run with options are keyed and labelled with them; repeatable")
     parser.add_argument("--modes", nargs="+", default=defaults.modes, choices=["single", "batch", "sequential"])
     parser.add_argument("--n", nargs="+", type=int, default=defaults.ns, dest="ns", help="cases per cell (scale axis)")
     parser.add_argument("--budget", type=float, default=defaults.budget_s, help="most seconds per cell")
@@ -40,19 +48,22 @@ def register(commands) -> None:
 
 
 def run(args, settings) -> int:
-    from lte.bench import all_cells, run_bench, write_reports
+    from lte.config import parse_pairs
+    from lte.grid import QUICK, BenchConfig, all_cells, run_bench, split_editor_options
+    from lte.report import write_reports
 
     cfg = BenchConfig(editors=args.editors, datasets=args.datasets, modes=args.modes, ns=args.ns,
-                      budget_s=args.budget, score_sample=args.score_sample, out=Path(args.out))
+                      budget_s=args.budget, score_sample=args.score_sample, out=Path(args.out),
+                      options=split_editor_options(parse_pairs(args.set)))
     if args.quick:
         cfg.ns, cfg.modes = QUICK["ns"], QUICK["modes"]
     if args.plan:
-        return print_plan(cfg)
+        return print_plan(cfg, settings)
     if not args.report_only:
         run_bench(cfg, settings, progress=not args.no_progress, command=shlex.join(["lte"] + args.argv))
     results = all_cells(cfg.out)  # every cell on disk, older harness versions shown with theirs
     if not results:
-        raise FileNotFoundError(f"{cfg.out / 'cells'}: no cached cells to report (run lte bench first)")
+        raise InputFileError(f"{cfg.out / 'cells'}: no cached cells to report (run lte bench first)")
     notes = Path(args.notes).read_text() if args.notes else ""
     write_reports(results, cfg, settings, ["lte"] + args.argv, notes,
                   Path(args.results_md) if args.results_md else None)
@@ -60,10 +71,10 @@ def run(args, settings) -> int:
     return 0
 
 
-def print_plan(cfg) -> int:
-    from lte.bench import plan
+def print_plan(cfg, settings) -> int:
+    from lte.grid import plan
 
-    rows = plan(cfg)
+    rows = plan(cfg, settings)
     print(f"{'editor':<14}{'dataset':<14}{'mode':<11}{'n':>6}  {'action':<22}{'est. s':>9}")
     for cell, action, seconds in rows:
         print(f"{cell.editor:<14}{cell.dataset:<14}{cell.mode:<11}{cell.n:>6}  {action:<22}{seconds:>9.0f}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lte.datasets import load_cases, load_edits
+from lte.errors import InputError, NotFoundError
 
 
 def register(commands) -> None:
@@ -82,20 +83,18 @@ def run_list(args, settings) -> int:
 
 
 def run_show(args, settings) -> int:
-    from lte.cli import CommandError, print_json
+    from lte.commands.common import print_json
 
     item = open_store(settings).get(args.id)
     if item is None:
-        raise CommandError(f"no edit with id {args.id}")
+        raise NotFoundError(f"no edit with id {args.id}")
     print_json({**item.edit.to_dict(), "status": item.status, "superseded_by": item.superseded_by})
     return 0
 
 
 def run_rm(args, settings) -> int:
-    from lte.cli import CommandError
-
     if not open_store(settings).delete(args.id):
-        raise CommandError(f"no edit with id {args.id}")
+        raise NotFoundError(f"no edit with id {args.id}")
     print(f"deleted {args.id}")
     return 0
 
@@ -137,7 +136,7 @@ def run_calibrate(args, settings) -> int:
 
         cases += table_cases(args.tables, random.Random(0))
     if not cases:
-        raise ValueError("lte edit calibrate: give training DATASET files, --tables N, or both")
+        raise InputError("lte edit calibrate: give training DATASET files, --tables N, or both")
     save_in_store = not args.dry_run and not args.save_to
     gate = open_store(settings).calibrate(cases, save=save_in_store)
     if args.save_to and not args.dry_run:

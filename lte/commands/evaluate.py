@@ -7,11 +7,13 @@ import shlex
 import time
 from pathlib import Path
 
-from lte.bench import dataset_path
+from lte.catalog import KNOWN, dataset_path
+from lte.config import changed_options, parse_pairs
 from lte.datasets import load_cases, load_edits
-from lte.editors import EDITORS, build_editor
+from lte.errors import ConfigError
 from lte.harness import MODES, EvalConfig, evaluate, format_table
 from lte.models import load_model
+from lte.registry import EDITORS, build_editor, editor_config
 
 
 def register(commands) -> None:
@@ -23,8 +25,8 @@ def register(commands) -> None:
                                  formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
     parser.add_argument("--editor", required=True, choices=list(EDITORS), metavar="NAME")
     parser.add_argument("--dataset", required=True,
-                        help="dataset file (any format lte reads), a name `lte bench` knows (counterfact, zsre, mquake, "
-                        "wiki_counterfact, wiki_recent: read from ../shared/datasets) or a hub name")
+                        help=f"dataset file (any format lte reads), a known name ({', '.join(KNOWN)}: read from "
+                        "the datasets folder, see --datasets-dir) or a hub name")
     parser.add_argument("--limit", type=int, help="first N cases (after --skip)")
     parser.add_argument("--skip", type=int, default=0, metavar="N",
                         help="leave out the first N cases (e.g. the ones a gate was calibrated on)")
@@ -39,35 +41,11 @@ def register(commands) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="prompts per forward pass")
     parser.add_argument("--max-new-tokens", type=int, default=EvalConfig.max_new_tokens)
     parser.add_argument("--fluency-cases", type=int, default=EvalConfig.fluency_cases)
-    parser.add_argument("--k", type=int, default=3, help="lte: most edits retrieved per prompt")
-    parser.add_argument("--ke-checkpoint", help="ke: hypernetwork checkpoint (default: latest for --model)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="editor hyperparameter, e.g. --set layer=6 (rome, grace); repeatable")
+                        help="an option of the editor's config, checked before the model loads, e.g. --set k=5 "
+                        "--set gate=FILE (lte), --set layer=6 (rome, grace), --set checkpoint=FILE (ke); repeatable")
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(handler=run)
-
-
-def editor_options(args) -> dict:
-    options = {"batch_size": args.batch_size}
-    if args.editor in ("lte", "lte-unaligned"):
-        options["k"] = args.k
-    if args.editor == "ke" and args.ke_checkpoint:
-        options["ke_checkpoint"] = args.ke_checkpoint
-    return {**options, **parse_settings(args.set)}
-
-
-def parse_settings(pairs: list[str]) -> dict:
-    """KEY=VALUE pairs; values are read as JSON where they parse (numbers, true, lists), else as strings."""
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set {pair!r}: expected KEY=VALUE")
-        try:
-            options[key.strip().replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key.strip().replace("-", "_")] = value
-    return options
 
 
 def run(args, settings) -> int:
@@ -75,18 +53,20 @@ def run(args, settings) -> int:
                      fluency_cases=args.fluency_cases, score_sample=args.score_sample, seed=args.seed,
                      progress=not args.no_progress)
     if args.extra_edits and args.mode == "single":
-        raise ValueError("--extra-edits needs --mode batch or sequential (single mode restores after every case)")
-    label, path = dataset_path(args.dataset)
+        raise ConfigError("--extra-edits needs --mode batch or sequential (single mode restores after every case)")
+    options = editor_config(args.editor, parse_pairs(args.set))  # a wrong --set fails before anything loads
+    label, path = dataset_path(args.dataset, settings)
     cases = load_cases(str(path))[args.skip:][: args.limit]
     extra = [edit for path in args.extra_edits for edit in load_edits(path)]
     loaded = load_model(settings.model, settings.home)
-    editor = build_editor(args.editor, settings, loaded, **editor_options(args))
+    editor = build_editor(args.editor, settings, loaded, options, args.batch_size)
     reference_model = loaded if loaded.base_spec == loaded.spec else load_model(loaded.base_spec, settings.home)
     reference = build_editor("none", settings, reference_model, batch_size=args.batch_size)
     start = time.time()
     report = evaluate(editor, cases, reference, cfg, dataset=label + (f" (from case {args.skip})" if args.skip else ""),
                       extra_edits=extra)
-    report.update(wall_s=round(time.time() - start, 1), command=shlex.join(["lte"] + getattr(args, "argv", [])))
+    report.update(wall_s=round(time.time() - start, 1), command=shlex.join(["lte"] + getattr(args, "argv", [])),
+                  options=changed_options(options))
     print(format_table(report))
     if args.out:
         out = Path(args.out)

@@ -22,12 +22,12 @@ def register(commands) -> None:
 
 
 def run(args, settings) -> int:
-    from lte.inference import LTEEditor
+    from lte.lte_editor import LTEConfig, LTEEditor
     from lte.server import ServerConfig, Service, serve
 
     cfg = ServerConfig(host=args.host, port=args.port, api_key=args.api_key or os.environ.get("LTE_API_KEY") or None,
                        max_body_bytes=args.max_body_bytes, max_queue=args.max_queue)
-    editor = LTEEditor.from_settings(settings, load_model(settings.model, settings.home), k=args.k,
-                                     private_store=False)
+    editor = LTEEditor.from_config(settings, load_model(settings.model, settings.home), LTEConfig(k=args.k),
+                                   private_store=False)
     serve(Service(editor, cfg))
     return 0

@@ -29,17 +29,16 @@ def register(commands) -> None:
 def run_ke(args, settings) -> int:
     import random
 
-    from baselines.common import config_from_options
     from baselines.ke_training import KETrainConfig, train_ke
     from baselines.knowledge_editor import default_checkpoint
     from lte.align.data import table_cases
-    from lte.commands.evaluate import parse_settings
+    from lte.config import build_config, parse_pairs
     from lte.datasets import load_cases
 
-    overrides = {"dev_cases": args.dev, "seed": args.seed, **parse_settings(args.set)}
+    overrides = {"dev_cases": args.dev, "seed": args.seed, **parse_pairs(args.set)}
     if args.steps:
         overrides["steps"] = args.steps
-    cfg = config_from_options(KETrainConfig, overrides)  # unknown names are refused before the model loads
+    cfg = build_config(KETrainConfig, overrides, "lte train ke")  # refused before the model loads
     loaded = load_model(settings.model, settings.home)
     cases = [c for path in args.data for c in load_cases(path)] or table_cases(1200, random.Random(args.seed))
     random.Random(cfg.seed).shuffle(cases)

@@ -9,11 +9,17 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
-from lte.align.data import AlignDataConfig, alignment_cases, build_rows, by_source, write_rows
+from lte.align.data import (
+    AlignDataConfig,
+    alignment_cases,
+    build_rows,
+    by_source,
+    write_rows,
+)
 from lte.models import MANIFEST, LoadedModel
 
 
@@ -68,7 +74,7 @@ GATE_CASES_PER_SOURCE = 1000  # the tables and each data file weigh alike (a 10,
 def fit_gate_for(cfg: AlignConfig, out: Path, embedder=None) -> None:
     """Fit the relevance gate on the alignment cases (their paraphrases pass, their neighbours and other relations
     of the same subject do not) and save it next to the model, where `lte` finds it for stores without their own."""
-    from lte.inference import GATE_FILE
+    from lte.lte_editor import GATE_FILE
     from retrieval.embedder import Embedder
     from retrieval.store import fit_gate_on
 

@@ -11,12 +11,13 @@ drift from the base's; see RESULTS.md).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from lte import prompting
 from lte.editor import ModelEditor, Query
+from lte.errors import ConfigError, InputFileError
 from lte.models import LoadedModel, load_model
 from lte.schema import Edit
 from lte.scoring import ModelRunner, TargetScore
@@ -25,6 +26,26 @@ from retrieval.gate import Gate
 from retrieval.store import EditStore, Hit, open_client
 
 GATE_FILE = "gate.json"  # written next to an aligned model by `lte align`
+
+
+@dataclass
+class LTEConfig:
+    """k: most edits put into one prompt (3: a question rarely needs more, and each costs ~30 prompt tokens).
+    hops: rounds of retrieval; 2 searches again with each first-round edit's new answer appended (multi-hop).
+    gate: a relevance gate JSON (`lte edit calibrate --save-to`) instead of the store's own or, failing that, the
+    one `lte align` fitted next to the model. route_unedited: questions with no relevant edit are answered by the
+    base model the aligned one was fine-tuned from (their answers stay exactly the unedited ones)."""
+
+    k: int = 3
+    hops: int = 1
+    gate: str | None = None
+    route_unedited: bool = True
+
+    def __post_init__(self) -> None:
+        if self.hops not in (1, 2):
+            raise ConfigError(f"hops={self.hops}: choose 1 or 2")
+        if self.k < 1:
+            raise ConfigError(f"k={self.k}: must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -39,26 +60,25 @@ class LTEEditor(ModelEditor):
     that answer ('Croatia' → its head of state) joins the prompt (multi-hop questions, MQuAKE)."""
 
     name = "lte"
+    config_class = LTEConfig
 
     def __init__(self, loaded: LoadedModel, store: EditStore, k: int = 3, batch_size: int = 16,
                  unedited: LoadedModel | None = None, hops: int = 1):
         super().__init__(loaded, batch_size)
-        if hops not in (1, 2):
-            raise ValueError(f"lte: hops={hops}: choose 1 or 2")
+        LTEConfig(k=k, hops=hops)  # the same checks as from --set
         self.store, self.k, self.hops = store, k, hops
         self.unedited = unedited
         self.unedited_runner = ModelRunner(unedited.model, unedited.tokenizer, batch_size) if unedited else None
-        self._applied: list[str] = []
+        self._added: list[str] = []
+        self._superseded: list[str] = []
 
     @classmethod
-    def from_settings(cls, settings: Settings, loaded: LoadedModel, k: int = 3, batch_size: int = 16,
-                      private_store: bool = True, gate: str | Gate | None = None,
-                      route_unedited: bool = True, hops: int = 1) -> "LTEEditor":
+    def from_config(cls, settings: Settings, loaded: LoadedModel, config: LTEConfig | None = None,
+                    batch_size: int = 16, private_store: bool = True, gate: Gate | None = None) -> LTEEditor:
         """private_store: a fresh in-memory edit set (evaluation), never the user's store; otherwise the store
-        named by the settings. gate: a relevance gate (or the path of its JSON) instead of the store's own (saved by
-        `lte edit calibrate`) or, failing that, the one `lte align` fitted next to the model.
-        route_unedited: answer questions with no relevant edit with the base model."""
-        gate = Gate.load(gate) if isinstance(gate, str) else gate
+        named by the settings. gate: a `Gate` object, over config.gate (a path)."""
+        config = config or LTEConfig()
+        gate = gate or (load_gate(config.gate) if config.gate else None)
         if private_store:
             store = EditStore(open_client(), f"eval-{uuid.uuid4().hex[:12]}", gate=gate)
         else:
@@ -67,13 +87,16 @@ class LTEEditor(ModelEditor):
         if gate is None and store.saved_gate() is None and (model_gate := aligned_gate(settings.model)) is not None:
             store.gate = model_gate
         unedited = None
-        if route_unedited and loaded.base_spec != loaded.spec:
+        if config.route_unedited and loaded.base_spec != loaded.spec:
             unedited = load_model(loaded.base_spec, settings.home)
-        return cls(loaded, store, k, batch_size, unedited, hops)
+        editor = cls(loaded, store, config.k, batch_size, unedited, config.hops)
+        editor.config = config
+        return editor
 
-    def model_for(self, has_facts: bool) -> LoadedModel:
-        """The aligned model for prompts carrying edits; the unedited base (when routed) for the others."""
-        return self.loaded if has_facts or self.unedited is None else self.unedited
+    def runner_for(self, has_facts: bool) -> ModelRunner:
+        """The routing, defined here only: the aligned model for prompts carrying edits; the unedited base (when
+        routed) for the others."""
+        return self.runner if has_facts or self.unedited_runner is None else self.unedited_runner
 
     def score(self, queries: Sequence[Query], targets: Sequence[str]) -> list[TargetScore]:
         facts = self.facts_for(queries)
@@ -91,21 +114,26 @@ class LTEEditor(ModelEditor):
         """Run `call(runner, row_indices)` for the rows with facts on the aligned model and the others on the
         unedited one, and put the results back in order."""
         results: list = [None] * len(facts)
-        plain = [i for i, f in enumerate(facts) if not f] if self.unedited_runner else []
-        edited = sorted(set(range(len(facts))) - set(plain))
-        for runner, rows in ((self.runner, edited), (self.unedited_runner, plain)):
-            for i, result in zip(rows, call(runner, rows) if rows else []):
+        for has_facts in (True, False):
+            rows = [i for i, f in enumerate(facts) if bool(f) == has_facts]
+            for i, result in zip(rows, call(self.runner_for(has_facts), rows) if rows else []):
                 results[i] = result
         return results
 
     def apply(self, edits: Sequence[Edit]) -> None:
-        self.store.add(edits, progress=False)
-        self._applied += [edit.id for edit in edits]
+        report = self.store.add(edits, progress=False)
+        self._added += report.added_ids
+        self._superseded += report.superseded_ids
 
     def restore(self) -> None:
-        for edit_id in self._applied:
+        """Remove only the edits `apply` stored, and make current again the stored ones they superseded: edits
+        that were in a user's store before stay as they were."""
+        for edit_id in self._added:
             self.store.delete(edit_id)
-        self._applied = []
+        for edit_id in self._superseded:
+            if self.store.get(edit_id) is not None:
+                self.store.restore(edit_id)
+        self._added, self._superseded = [], []
 
     def retrieve(self, questions: Sequence[str]) -> list[list[Hit]]:
         first = self.store.search_many(questions, self.k)
@@ -126,15 +154,26 @@ class LTEEditor(ModelEditor):
     def facts_for(self, queries: Sequence[Query]) -> list[list[str]]:
         return [[hit.edit.statement for hit in hits] for hits in self.retrieve([q.prompt for q in queries])]
 
+    def chat_prompt(self, messages: Sequence[dict[str, str]]) -> tuple[str, list[Hit]]:
+        """A client's conversation (`lte serve`) as the text the model continues, with the edits retrieved for its
+        last turn; generate it with `runner_for(bool(hits))`."""
+        hits = self.retrieve([messages[-1]["content"]])[0]
+        return prompting.render_conversation(self.loaded.tokenizer, messages, [h.edit.statement for h in hits]), hits
+
     def answer(self, question: str, max_new_tokens: int = 64) -> Answer:
         """Answer one question; report which edits were used."""
         hits = self.retrieve([question])[0]
         prompt = prompting.render(self.loaded.tokenizer, question, [h.edit.statement for h in hits])
-        runner = self.runner if hits or self.unedited_runner is None else self.unedited_runner
-        text = runner.generate([prompt], max_new_tokens)[0].strip()
+        text = self.runner_for(bool(hits)).generate([prompt], max_new_tokens)[0].strip()
         if prompting.is_cloze(question):  # show the completed sentence, not only its continuation
             text = f"{prompting.assistant_prefill(question)} {text}"
         return Answer(text, tuple(hits))
+
+
+def load_gate(path: str) -> Gate:
+    if not Path(path).expanduser().is_file():
+        raise InputFileError(f"lte: gate={path}: no such file (write one with `lte edit calibrate --save-to FILE`)")
+    return Gate.load(Path(path).expanduser())
 
 
 def aligned_gate(model_spec: str) -> Gate | None:

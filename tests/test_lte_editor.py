@@ -2,7 +2,7 @@ import uuid
 
 from lte import prompting
 from lte.editor import Query
-from lte.inference import LTEEditor
+from lte.lte_editor import LTEEditor
 from lte.schema import Edit
 from retrieval.store import EditStore, open_client
 
@@ -52,7 +52,7 @@ def test_questions_without_relevant_edits_go_to_the_unedited_model(tiny, embedde
     scores = editor.score([related, unrelated], ["Goa", "Shakespeare"])
     assert scores[1] == UneditedEditor(base).score([unrelated], ["Shakespeare"])[0]
     assert scores[0] == ModelEditorLike(tiny, [NEEDLE.statement]).score([related], ["Goa"])[0]
-    assert editor.model_for(False) is base and editor.model_for(True) is tiny
+    assert editor.runner_for(False).model is base.model and editor.runner_for(True).model is tiny.model
 
 
 class ModelEditorLike:
@@ -71,7 +71,7 @@ class ModelEditorLike:
 def test_two_hops_bring_the_edit_about_the_first_answer(tiny, embedder):
     import uuid
 
-    from lte.inference import LTEEditor
+    from lte.lte_editor import LTEEditor
     from lte.schema import Edit
     from retrieval.store import EditStore, open_client
 
@@ -89,7 +89,7 @@ def test_two_hops_bring_the_edit_about_the_first_answer(tiny, embedder):
 
 
 def test_the_gate_next_to_the_model_serves_lte_and_its_unaligned_ablation(tiny, tmp_path):
-    from lte.inference import GATE_FILE, LTEEditor
+    from lte.lte_editor import GATE_FILE, LTEConfig, LTEEditor
     from lte.settings import Settings
     from retrieval.gate import UNFITTED, Gate
 
@@ -97,7 +97,25 @@ def test_the_gate_next_to_the_model_serves_lte_and_its_unaligned_ablation(tiny, 
     fitted.save(tmp_path / GATE_FILE)
     settings = Settings(home=tmp_path / "home", model=str(tmp_path))
     # `tiny` stands in for both the aligned model and its base: the gate follows --model, not the loaded weights
-    assert LTEEditor.from_settings(settings, tiny).store.gate == fitted
-    assert LTEEditor.from_settings(Settings(home=tmp_path / "home"), tiny).store.gate == UNFITTED
+    assert LTEEditor.from_config(settings, tiny).store.gate == fitted
+    assert LTEEditor.from_config(Settings(home=tmp_path / "home"), tiny).store.gate == UNFITTED
     explicit = Gate((0.5, 0.5, 0.5), 0.0, 0.5)
-    assert LTEEditor.from_settings(settings, tiny, gate=explicit).store.gate == explicit
+    explicit.save(tmp_path / "explicit.json")
+    assert LTEEditor.from_config(settings, tiny, LTEConfig(gate=str(tmp_path / "explicit.json"))).store.gate == explicit
+
+
+def test_restore_keeps_what_was_in_a_users_store_before(tiny, embedder):
+    """LTE on a user's store: restore removes only the edits apply added and brings back what they superseded."""
+    from lte.lte_editor import LTEEditor
+    from lte.schema import Edit
+
+    store = EditStore(open_client(), f"user-{uuid.uuid4().hex[:8]}", embedder)
+    mine = Edit(subject="The Eiffel Tower", prompt="The Eiffel Tower is located in", target_new="Rome")
+    store.add([mine, NEEDLE], progress=False)
+    editor = LTEEditor(tiny, store)
+    newer = Edit(subject="The Space Needle", prompt="The Space Needle is located in", target_new="Lima")
+    extra = Edit(subject="Toyota", prompt="Toyota is owned by", target_new="Apple")
+    editor.apply([mine, newer, extra])  # one already stored, one superseding a stored edit, one new
+    assert store.get(NEEDLE.id).status == "superseded"
+    editor.restore()
+    assert {s.edit.id: s.status for s in store.list(history=True)} == {mine.id: "current", NEEDLE.id: "current"}

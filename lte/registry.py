@@ -1,0 +1,77 @@
+"""The registry of editing methods by name, as the CLI and the benchmark choose them.
+
+Each entry names the `Editor` class (imported when first used, so `lte --help` stays light) and which model it
+answers with. An editor's options are its class's `config_class`, filled from `--set KEY=VALUE` by `editor_config`;
+`build_editor` is the one way the commands make an editor. Adding a method: write its module in `baselines/` (an
+`Editor` subclass with a config dataclass and `from_config`), add one line here, and the contract test
+(tests/test_editor_contract.py) and `lte eval`/`lte bench` pick it up.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from lte.config import build_config
+from lte.editor import Editor
+from lte.errors import ConfigError
+from lte.models import LoadedModel, load_model
+from lte.settings import Settings
+
+
+@dataclass(frozen=True)
+class EditorSpec:
+    description: str
+    target: str  # "module:Class" of the Editor subclass
+    # Which model the editor answers with: the one named by --model, or the base model it was aligned from.
+    uses_base_model: bool = False
+
+    def editor_class(self) -> type[Editor]:
+        module, _, name = self.target.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+EDITORS: dict[str, EditorSpec] = {
+    "none": EditorSpec("the unedited base model", "lte.editor:UneditedEditor", uses_base_model=True),
+    "context": EditorSpec("oracle: the gold edit written into the prompt", "lte.editor:OracleContextEditor",
+                          uses_base_model=True),
+    "lte": EditorSpec("LTE: retrieved edits in the prompt of the aligned model (--model)", "lte.lte_editor:LTEEditor"),
+    "lte-unaligned": EditorSpec("LTE retrieval with the base model (ablation)", "lte.lte_editor:LTEEditor",
+                                uses_base_model=True),
+    "rome": EditorSpec("ROME: rank-one update of one MLP", "baselines.rome:ROMEEditor", uses_base_model=True),
+    "grace": EditorSpec("GRACE: key-value codebook at one layer", "baselines.grace:GRACEEditor", uses_base_model=True),
+    "ke": EditorSpec("KnowledgeEditor: trained hypernetwork weight update",
+                     "baselines.knowledge_editor:KnowledgeEditor", uses_base_model=True),
+}
+
+
+def editor_names() -> list[str]:
+    return list(EDITORS)
+
+
+def spec_for(name: str) -> EditorSpec:
+    if name not in EDITORS:
+        raise ConfigError(f"unknown editor '{name}'; choose one of: {', '.join(EDITORS)}")
+    return EDITORS[name]
+
+
+def editor_config(name: str, options: Mapping[str, Any] | None = None) -> Any:
+    """Editor `name`'s options over their defaults, checked (unknown names, wrong types, fixed options refused)."""
+    cls = spec_for(name).editor_class()
+    return build_config(cls.config_class, options or {}, name, cls.fixed_options)
+
+
+def build_editor(name: str, settings: Settings, loaded: LoadedModel | None = None, config: Any = None,
+                 batch_size: int = 16) -> Editor:
+    """Build editor `name`. `loaded` is the model named by settings.model (loaded here when not given); `config`
+    its options (`editor_config`; defaults when None)."""
+    spec = spec_for(name)
+    config = config if config is not None else editor_config(name)
+    loaded = loaded or load_model(settings.model, settings.home)
+    if spec.uses_base_model and loaded.base_spec != loaded.spec:
+        loaded = load_model(loaded.base_spec, settings.home)
+    editor = spec.editor_class().from_config(settings, loaded, config, batch_size)
+    editor.name, editor.config = name, config
+    return editor

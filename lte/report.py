@@ -1,0 +1,168 @@
+"""Reports of `lte bench` cells: the quality and speed tables, PNG plots (editors compared only at equal n) and
+RESULTS.md with where every figure came from."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from lte.grid import BenchConfig
+from lte.registry import editor_names
+from lte.schema import FACETS
+from lte.settings import Settings
+
+
+def editor_label(r: dict) -> str:
+    """The editor's name, with the options it ran with when they were not its defaults: 'lte [k=5]'."""
+    options = r.get("options") or {}
+    return r["editor"] + (f" [{', '.join(f'{k}={v}' for k, v in sorted(options.items()))}]" if options else "")
+
+
+def editor_rank(label: str) -> tuple[int, str]:
+    """Registry order first (none, context, lte, ...), then the label."""
+    names = editor_names()
+    base = label.split(" [")[0]
+    return (names.index(base) if base in names else len(names), label)
+
+
+def quality_table(results: dict[str, dict]) -> str:
+    lines = ["| editor | dataset | mode | n | reliability | generalization | locality | portability | fluency "
+             "| harness |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(results.values(), key=lambda r: (r["dataset"], r["n_cases"], editor_rank(editor_label(r)))):
+        if "metrics" not in r:
+            status = f"skipped: {r['skipped']}" if "skipped" in r else f"failed: {r.get('failed', '?')}"
+            lines.append(f"| {editor_label(r)} | {r['dataset']} | {r['mode']} | {n_label(r)} | {status} | | | | | |")
+            continue
+        metrics = r["metrics"]
+        cells = [facet_cell(metrics.get(f)) for f in FACETS]
+        fluency = f"{metrics['fluency']['ngram_entropy']:.2f}" if "fluency" in metrics else "–"
+        lines.append(f"| {editor_label(r)} | {r['dataset']} | {r['mode']} | {n_label(r)} | " + " | ".join(cells)
+                     + f" | {fluency} | {r.get('harness_version', 1)} |")
+    return "\n".join(lines)
+
+
+def n_label(r: dict) -> str:
+    """'1000' or '1000 (500 scored)', plus extra stored edits when a cell had any."""
+    scored = r.get("scored_cases", r["n_cases"])
+    label = f"{r['n_cases']}" + (f" ({scored} scored)" if scored < r["n_cases"] else "")
+    return label + (f" +{r['extra_edits']} stored" if r.get("extra_edits") else "")
+
+
+def facet_cell(m: dict | None) -> str:
+    """'gen_acc / token_acc (prob_win)' for one facet."""
+    if not m:
+        return "–"
+    win = f" ({m['prob_win']:.2f})" if "prob_win" in m else ""
+    return f"{m['gen_acc']:.2f} / {m['token_acc']:.2f}{win}"
+
+
+def speed_table(results: dict[str, dict]) -> str:
+    lines = ["| editor | dataset | n | s per edit | s per query | peak RSS MB | wall s | after the edits |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in sorted(results.values(), key=lambda r: (editor_rank(editor_label(r)), r["dataset"], r["n_cases"])):
+        if "timing" in r:
+            t = r["timing"]
+            lines.append(f"| {editor_label(r)} | {r['dataset']} | {n_label(r)} | {t['edit_s']:.4f} | "
+                         f"{t['query_s']:.4f} | {t['peak_rss_mb']:.0f} | {r.get('wall_s', 0):.0f} | "
+                         + ", ".join(f"{k} {v}" for k, v in r.get("editor_stats", {}).items()) + " |")
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, dict], out: Path) -> list[Path]:
+    """Per dataset: gen_acc per facet per editor at each n two or more editors were run at (editors are only
+    compared at equal n), and reliability against n."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    done = [r for r in results.values() if "metrics" in r]
+    paths = []
+    for dataset in sorted({r["dataset"] for r in done}):
+        rows = [r for r in done if r["dataset"] == dataset]
+        editors = sorted({editor_label(r) for r in rows}, key=editor_rank)
+        for size in sorted({n_label(r) for r in rows}, key=lambda label: int(label.split()[0])):
+            same_n = [r for r in rows if n_label(r) == size]
+            if len({editor_label(r) for r in same_n}) > 1:
+                tag = size.split()[0] + (f"-s{same_n[0]['scored_cases']}" if "scored" in size else "")
+                paths.append(_plot_facets(same_n, [e for e in editors if any(editor_label(r) == e for r in same_n)],
+                                          out / f"quality-{dataset}-n{tag}.png", f"{dataset}, n = {size}"))
+        paths.append(_plot_scale(rows, editors, out / f"scale-{dataset}.png", dataset))
+    return paths
+
+
+def _plot_facets(rows: list[dict], editors: list[str], path: Path, dataset: str) -> Path:
+    import matplotlib.pyplot as plt
+
+    largest = {e: max((r for r in rows if editor_label(r) == e), key=lambda r: r.get("harness_version", 1))
+               for e in editors}  # one cell per editor at this n; the newest harness where two exist
+    fig, ax = plt.subplots(figsize=(9, 4))
+    width = 0.8 / max(len(editors), 1)
+    for i, editor in enumerate(editors):
+        values = [largest[editor]["metrics"].get(f, {}).get("gen_acc", 0) for f in FACETS]
+        ax.bar([x + i * width for x in range(len(FACETS))], values, width, label=editor)
+    ax.set_xticks([x + width * (len(editors) - 1) / 2 for x in range(len(FACETS))], FACETS)
+    ax.set_ylabel("gen_acc")
+    ax.set_title(f"{dataset}: quality per facet")
+    return _save(fig, ax, path)
+
+
+def _plot_scale(rows: list[dict], editors: list[str], path: Path, dataset: str) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for editor in editors:
+        series = sorted((r["n_cases"], r["metrics"]["reliability"]["gen_acc"]) for r in rows
+                        if editor_label(r) == editor and "reliability" in r["metrics"])
+        if series:
+            ax.plot(*zip(*series), marker="o", label=editor)
+    ax.set_xscale("log")
+    ax.set_xlabel("edits applied / stored")
+    ax.set_ylabel("reliability gen_acc")
+    ax.set_title(f"{dataset}: reliability vs number of edits")
+    return _save(fig, ax, path)
+
+
+def _save(fig, ax, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_reports(results: dict[str, dict], cfg: BenchConfig, settings: Settings, command: Sequence[str],
+                  notes: str = "", results_md: Path | None = None) -> None:
+    (cfg.out / "results.json").write_text(json.dumps(results, indent=1))
+    tables = (f"## Quality (gen_acc / token_acc, prob_win in brackets)\n\n{quality_table(results)}\n\n"
+              f"## Speed\n\n{speed_table(results)}\n")
+    (cfg.out / "results.md").write_text(tables)
+    plots = plot(results, cfg.out)
+    header = (f"# Results\n\n{provenance(results, shlex.join(command))}\n\n"
+              f"- model: `{settings.model}` (for `lte`; the other editors use its base model)\n"
+              f"- machine: {platform.machine()}, {platform.processor() or 'cpu'}, {_cpu_count()} cores, "
+              f"Python {platform.python_version()}\n"
+              f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}\n\n")
+    target = results_md or cfg.out / "RESULTS.md"
+    figures = "".join(f"![{p.stem}]({os.path.relpath(p, target.parent)})\n" for p in plots)
+    target.write_text(header + (f"## Reading\n\n{notes.strip()}\n\n" if notes.strip() else "") + tables
+                      + ("\n## Plots\n\n" + figures if plots else ""))
+
+
+def provenance(results: dict[str, dict], command: str) -> str:
+    """Which commands produced the cells: one line when a single run made them all."""
+    made_by = list(dict.fromkeys(r.get("command") or command for r in results.values())) or [command]
+    if made_by == [command]:
+        return f"Produced by `{command}`"
+    lines = "\n".join(f"    {c}" for c in made_by)
+    return (f"Produced by these commands, run one after another with the same `--out` (each cell records the "
+            f"command that made it; the last one wrote this file):\n\n{lines}")
+
+
+def _cpu_count() -> int:
+    return os.cpu_count() or 0
