@@ -275,16 +275,26 @@ def _convert(fmt: Format, item: SourcedRecord) -> EditCase:
 def load_cases(source: str | Path, limit: int | None = None, split: str = "train",
                strict: bool = False) -> list[EditCase]:
     """Cases from a local file, or from the hub via `datasets.load_dataset(source, split=split)`."""
-    path = Path(source)
-    records = read_records(path) if path.exists() else _hub_records(str(source), split)
-    cases = to_cases(records, strict=strict)
+    cases = to_cases(_records(source, split), strict=strict)
     return cases[:limit] if limit else cases
+
+
+def _records(source: str | Path, split: str = "train") -> list[SourcedRecord]:
+    path = Path(source)
+    return read_records(path) if path.exists() else _hub_records(str(source), split)
 
 
 def load_edits(source: str | Path) -> list[Edit]:
     """Every edit a file holds, whatever its format (edits are taken from the cases). Strict: one bad record
     rejects the whole file, so nothing half-read is ever stored."""
-    return [edit for case in load_cases(source, strict=True) for edit in case.edits]
+    return [edit for edit, _ in located_edits(source)]
+
+
+def located_edits(source: str | Path) -> list[tuple[Edit, str]]:
+    """`load_edits` with where each edit came from ('file:line'), for errors found later (a reused id)."""
+    records = _records(source)
+    cases = to_cases(records, strict=True)  # strict: one case per record, in order
+    return [(edit, item.where) for item, case in zip(records, cases) for edit in case.edits]
 
 
 def _hub_records(name: str, split: str) -> list[SourcedRecord]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -51,6 +52,20 @@ def relation_template(subject: str, prompt: str) -> str:
     return pattern.sub("{}", prompt, count=1) if pattern.search(prompt) else prompt
 
 
+# Most characters per edit field, and most paraphrases: an edit's text goes into every prompt it matches, so one
+# record must not be able to fill the context. Sized above the longest public records (UnKE's long-form answers
+# ~1,000 characters, WikiBio prompts ~700).
+LIMITS = {"subject": 300, "prompt": 1000, "target_new": 2000, "target_true": 2000, "statement": 4000,
+          "relation": 1000, "paraphrase": 1000, "source": 300, "id": 200, "metadata": 10_000}
+MAX_PARAPHRASES = 20
+TEXT_FIELDS = ("subject", "prompt", "target_new", "target_true", "statement", "relation", "source", "id")
+
+
+def nfc(text: str) -> str:
+    """One spelling per text: 'Zoë' typed with a combining diaeresis (NFD) and precomposed (NFC) are one subject."""
+    return unicodedata.normalize("NFC", text)
+
+
 @dataclass(frozen=True)
 class Edit:
     """One new fact: after the edit, `prompt` should be answered with `target_new`.
@@ -63,6 +78,8 @@ class Edit:
         Derived from the prompt with the subject blanked out ('{} is located in') when not given.
     paraphrases: other phrasings of the prompt (indexed for retrieval).
     id: stable content hash of subject, prompt and target_new unless given, so re-importing a file is idempotent.
+    Text is normalised to Unicode NFC; lengths are bounded by LIMITS and MAX_PARAPHRASES; a subject must contain a
+    letter or digit (the relevance gate checks that the question names it).
     """
 
     subject: str
@@ -78,11 +95,17 @@ class Edit:
     id: str = ""
 
     def __post_init__(self) -> None:
+        where = f"edit {self.id}" if self.id else ""  # from_dict adds the file and line
         for name in ("subject", "prompt", "target_new"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip():
-                raise _fail(f"edit {self.id or '(new)'}", name, "is required and must be a non-empty string")
-        # Frozen dataclass: derived defaults are filled through object.__setattr__.
+                raise _fail(where, name, "is required and must be a non-empty string")
+        # Frozen dataclass: normalised text and derived defaults are set through object.__setattr__.
+        for name in TEXT_FIELDS:
+            if isinstance(getattr(self, name), str):
+                object.__setattr__(self, name, nfc(getattr(self, name)))
+        object.__setattr__(self, "paraphrases", tuple(nfc(p) for p in self.paraphrases))
+        self._check_limits(where)
         if not self.statement:
             object.__setattr__(self, "statement", default_statement(self.prompt, self.target_new))
         if not self.relation:
@@ -91,7 +114,27 @@ class Edit:
             object.__setattr__(self, "id", content_id(self.subject, self.prompt, self.target_new))
         if not self.created_at:
             object.__setattr__(self, "created_at", datetime.now(UTC).isoformat(timespec="seconds"))
-        object.__setattr__(self, "paraphrases", tuple(self.paraphrases))
+
+    def _check_limits(self, where: str) -> None:
+        if not re.search(r"\w", self.subject):
+            raise _fail(where, "subject", "must contain a letter or digit")
+        for name in TEXT_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, str) and len(value) > LIMITS[name]:
+                raise _fail(where, name, f"is {len(value)} characters; the limit is {LIMITS[name]}")
+        if len(json.dumps(dict(self.metadata), ensure_ascii=False, default=str)) > LIMITS["metadata"]:
+            raise _fail(where, "metadata", f"is over {LIMITS['metadata']} characters as JSON")
+        if len(self.paraphrases) > MAX_PARAPHRASES:
+            raise _fail(where, "paraphrases", f"has {len(self.paraphrases)} entries; the limit is {MAX_PARAPHRASES}")
+        for i, text in enumerate(self.paraphrases):
+            if len(text) > LIMITS["paraphrase"]:
+                raise _fail(where, f"paraphrases[{i}]", f"is {len(text)} characters; the limit is "
+                            f"{LIMITS['paraphrase']}")
+
+    def same_content(self, other: Edit) -> bool:
+        """Whether two edits say the same thing (ids aside): a stored id may only come back with its own content."""
+        names = ("subject", "prompt", "target_new", "target_true", "statement", "relation", "paraphrases")
+        return all(getattr(self, name) == getattr(other, name) for name in names)
 
     @property
     def supersede_key(self) -> str:
@@ -106,19 +149,22 @@ class Edit:
         if not isinstance(metadata, Mapping):
             raise _fail(where, "metadata", "must be an object")
         prompt = _text(record, "prompt", where)
-        return cls(
-            subject=_text(record, "subject", where),
-            prompt=prompt,
-            target_new=_text(record, "target_new", where),
-            target_true=_text(record, "target_true", where, required=False),
-            statement=_text(record, "statement", where, required=False) or "",
-            relation=_text(record, "relation", where, required=False) or "",
-            paraphrases=_texts(record, "paraphrases", where),
-            source=_text(record, "source", where, required=False),
-            created_at=_text(record, "created_at", where, required=False) or "",
-            metadata=dict(metadata),
-            id=_text(record, "id", where, required=False) or "",
-        )
+        try:
+            return cls(
+                subject=_text(record, "subject", where),
+                prompt=prompt,
+                target_new=_text(record, "target_new", where),
+                target_true=_text(record, "target_true", where, required=False),
+                statement=_text(record, "statement", where, required=False) or "",
+                relation=_text(record, "relation", where, required=False) or "",
+                paraphrases=_texts(record, "paraphrases", where),
+                source=_text(record, "source", where, required=False),
+                created_at=_text(record, "created_at", where, required=False) or "",
+                metadata=dict(metadata),
+                id=_text(record, "id", where, required=False) or "",
+            )
+        except SchemaError as error:  # a check of the constructed edit: name where the record came from
+            raise error if not where or str(error).startswith(where) else SchemaError(f"{where}: {error}") from None
 
     def to_dict(self) -> dict[str, Any]:
         record = asdict(self)

@@ -107,8 +107,11 @@ class Service:
         except InputError as error:
             raise APIError(400, str(error)) from None
 
-    async def complete(self, prompt: str, hits: list[Hit], max_tokens: int) -> Completion:
+    async def complete(self, request: Request, prompt: str, hits: list[Hit], max_tokens: int) -> Completion:
+        """One completion in its turn; a client that went away while queued costs no generation."""
         async with self.queue.slot():
+            if await request.is_disconnected():
+                raise APIError(499, "client closed the request while it was queued")
             return await asyncio.to_thread(self.editor.runner_for(bool(hits)).complete, prompt, max_tokens)
 
     async def stream(self, prompt: str, hits: list[Hit], max_tokens: int) -> AsyncIterator[str]:
@@ -302,14 +305,14 @@ async def chat(request: Request, service: Service = Depends(service_of)):
         except BaseException:
             await held.aclose()
             raise
-    return completion_body("chat", service, await service.complete(prompt, hits, max_tokens), hits)
+    return completion_body("chat", service, await service.complete(request, prompt, hits, max_tokens), hits)
 
 
 @api.post("/completions")
 async def completions(request: Request, service: Service = Depends(service_of)):
     body = await json_body(request)
     prompt, hits = await asyncio.to_thread(service.prompt_for, parse_prompt(body))
-    completion = await service.complete(prompt, hits, requested_tokens(body, service.cfg))
+    completion = await service.complete(request, prompt, hits, requested_tokens(body, service.cfg))
     return completion_body("text", service, completion, hits)
 
 
@@ -319,9 +322,13 @@ async def add_edits(request: Request, service: Service = Depends(service_of)):
 
     def write():
         with service.write_lock:
-            return service.editor.store.add(edits, progress=False)
+            return service.editor.store.add(edits, progress=False,
+                                            where={edit.id: f"edits[{i}]" for i, edit in enumerate(edits)})
 
-    report = await asyncio.to_thread(write)
+    try:
+        report = await asyncio.to_thread(write)
+    except InputError as error:  # e.g. an explicit id already stored for another edit
+        raise APIError(400, str(error)) from None
     return {"added": report.added, "skipped": report.skipped, "superseded": report.superseded,
             "ids": [edit.id for edit in edits]}
 
@@ -378,13 +385,19 @@ async def on_validation_error(request: Request, error: RequestValidationError) -
     return error_body(400, f"invalid request: {error.errors()}")
 
 
-async def limit_declared_body(request: Request, call_next):
-    """413 at once for a declared Content-Length over the limit; chunked bodies are cut off by `json_body`."""
-    length = request.headers.get("content-length")
-    limit = service_of(request).cfg.max_body_bytes
-    if length and length.isdigit() and int(length) > limit:
-        return error_body(413, f"request body over {limit} bytes")
-    return await call_next(request)
+class DeclaredBodyLimit:
+    """413 at once for a declared Content-Length over the limit (chunked bodies are cut off by `json_body`). Plain
+    ASGI rather than an `http` middleware function, which would hide client disconnects from the handlers."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        length = dict(scope.get("headers", [])).get(b"content-length", b"") if scope["type"] == "http" else b""
+        if length.isdigit() and int(length) > self.limit:
+            await error_body(413, f"request body over {self.limit} bytes")(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 def create_app(service: Service) -> FastAPI:
@@ -393,7 +406,7 @@ def create_app(service: Service) -> FastAPI:
     app.add_exception_handler(APIError, on_api_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
-    app.middleware("http")(limit_declared_body)
+    app.add_middleware(DeclaredBodyLimit, limit=service.cfg.max_body_bytes)
     app.include_router(pages)
     app.include_router(api)
     return app

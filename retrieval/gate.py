@@ -93,8 +93,10 @@ def subject_words(text: str) -> set[str]:
 
 
 def subject_coverage(query: str, subject: str) -> float:
+    """Share of the subject's words the query names; 0 for a subject without words (it cannot be confirmed, so it
+    must not pass for free)."""
     words = subject_words(subject)
-    return len(words & subject_words(query)) / len(words) if words else 1.0
+    return len(words & subject_words(query)) / len(words) if words else 0.0
 
 
 def relation_texts(edit: Edit) -> list[str]:

@@ -13,8 +13,9 @@ exposes half an edit, and re-running it completes the work (ids are content hash
 from __future__ import annotations
 
 import json
+import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +23,14 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from lte.errors import NotFoundError
-from lte.schema import Edit, EditCase
+from lte.errors import InputError, NotFoundError
+from lte.schema import Edit, EditCase, nfc
 from retrieval import gate as gates
 from retrieval.embedder import Embedder
 from retrieval.gate import UNFITTED, Gate
+from retrieval.writelock import DeleteJournal, WriteLock
+
+log = logging.getLogger(__name__)
 
 CURRENT, SUPERSEDED = "current", "superseded"
 _PLACEHOLDER = [0.0]  # the records collection is looked up by id and metadata only; Chroma still wants a vector
@@ -97,10 +101,12 @@ class EditStore:
     """Add, find, supersede and delete edits. One instance per named edit set (`collection`)."""
 
     def __init__(self, client, collection: str = "edits", embedder: Embedder | None = None,
-                 gate: Gate | None = None):
+                 gate: Gate | None = None, directory: Path | None = None):
         """gate: the relevance gate to use; default the one saved with the store by `calibrate`, else
-        `retrieval.gate.UNFITTED`."""
+        `retrieval.gate.UNFITTED`. directory: an embedded store's folder (its write lock and delete journal live
+        there; see retrieval/writelock.py)."""
         self.client = client
+        self.lock, self.journal = WriteLock(directory), DeleteJournal(directory)
         self.name = collection
         self._embedder = embedder
         self._vectors: dict[str, np.ndarray] = {}  # embedding cache for the gate's masked texts
@@ -112,7 +118,22 @@ class EditStore:
     @classmethod
     def open(cls, path: Path | None = None, url: str | None = None, collection: str = "edits",
              embedder: Embedder | None = None, gate: Gate | None = None) -> EditStore:
-        return cls(open_client(path, url), collection, embedder, gate)
+        """The embedded store under `path` (created under its write lock: two processes may open a new store at
+        once), or the collection on the Chroma server at `url`. A delete a crash interrupted is finished here."""
+        directory = Path(path) if path is not None and not url else None
+        if directory is None:
+            return cls(open_client(path, url), collection, embedder, gate)
+        directory.mkdir(parents=True, exist_ok=True)
+        with WriteLock(directory).held():
+            store = cls(open_client(directory), collection, embedder, gate, directory)
+            store.finish_pending_deletes()
+        return store
+
+    def finish_pending_deletes(self) -> None:
+        for edit_id in self.journal.pending():
+            log.warning("lte: finishing the delete of edit %s that an earlier process left half done", edit_id)
+            self._delete_rows(edit_id)
+        self.journal.clear()
 
     @property
     def threshold(self) -> float:
@@ -126,14 +147,20 @@ class EditStore:
 
     # ------------------------------------------------------------ writing
 
-    def add(self, edits: Iterable[Edit], batch_size: int = 256, progress: bool = True) -> AddReport:
-        """Insert edits in batches; an edit whose id is stored already is skipped. A newer edit for the same
-        subject and relation supersedes the current one (kept as history).
+    def add(self, edits: Iterable[Edit], batch_size: int = 256, progress: bool = True,
+            where: Mapping[str, str] | None = None) -> AddReport:
+        """Insert edits in batches; an edit whose id is stored already is skipped, unless its content differs (an
+        explicit id reused for another fact: refused, naming `where[id]`, e.g. the file and line). A newer edit for
+        the same subject and relation supersedes the current one (kept as history).
 
         Batches are pipelined: while one batch is written to Chroma on a worker thread, the next is embedded, so
         the store costs little beyond the embedder. Writes stay in input order (one writer)."""
-        edits = list({edit.id: edit for edit in edits}.values())
+        with self.lock.held():
+            return self._add(list({edit.id: edit for edit in edits}.values()), batch_size, progress, where or {})
+
+    def _add(self, edits: list[Edit], batch_size: int, progress: bool, where: Mapping[str, str]) -> AddReport:
         stored = self._stored_ids([e.id for e in edits])
+        self._refuse_reused_ids([e for e in edits if e.id in stored], where)
         fresh = [e for e in edits if e.id not in stored]
         superseded: list[str] = []
         counted = 0
@@ -150,6 +177,19 @@ class EditStore:
             if pending is not None:
                 counted += collect(pending.result(), superseded)
         return AddReport(len(fresh), len(edits) - len(fresh), counted, tuple(e.id for e in fresh), tuple(superseded))
+
+    def _refuse_reused_ids(self, edits: Sequence[Edit], where: Mapping[str, str]) -> None:
+        if not edits:
+            return
+        stored = {s.edit.id: s.edit for s in self._decode(self.records.get(ids=[e.id for e in edits],
+                                                                            include=["metadatas"]))}
+        clashes = [e for e in edits if e.id in stored and not e.same_content(stored[e.id])]
+        if clashes:
+            first = clashes[0]
+            raise InputError(
+                f"{where.get(first.id, 'edit ' + first.id)}: id {first.id!r} is already stored for another edit "
+                f"({stored[first.id].statement!r}, not {first.statement!r}); give it a new id or none"
+                + (f" (and {len(clashes) - 1} more)" if len(clashes) > 1 else ""))
 
     def _stored_ids(self, ids: Sequence[str]) -> set[str]:
         step = self.client.get_max_batch_size()
@@ -216,25 +256,37 @@ class EditStore:
         return self._decode(self.records.get(where=where, include=["metadatas"]))
 
     def delete(self, edit_id: str) -> bool:
-        """Remove an edit and its keys. Returns False when there was no such edit."""
-        if not self.records.get(ids=[edit_id], include=[])["ids"]:
-            return False
-        self.records.delete(ids=[edit_id])  # record first: its keys become invisible at once
+        """Remove an edit and its keys. Returns False when there was no such edit. The record goes first, so its
+        keys are invisible at once (search resolves keys through records); the journal names the id until the
+        keys are gone too, so a crash in between is finished at the next open."""
+        with self.lock.held():
+            if not self.records.get(ids=[edit_id], include=[])["ids"]:
+                return False
+            with self.journal.deleting(edit_id):
+                self._delete_rows(edit_id)
+            return True
+
+    def _delete_rows(self, edit_id: str) -> None:
+        self.records.delete(ids=[edit_id])
         self.keys.delete(where={"edit_id": edit_id})
-        return True
 
     def restore(self, edit_id: str) -> StoredEdit:
         """Make a superseded edit current again; the edit currently holding its slot becomes history."""
-        stored = self.get(edit_id)
-        if stored is None:
-            raise NotFoundError(f"no edit with id {edit_id}")
-        for current in self._current_for([stored.edit.supersede_key]):
-            if current.edit.id != edit_id:
-                self._set_status(current.edit.id, SUPERSEDED, edit_id)
-        self._set_status(edit_id, CURRENT)
-        return self.get(edit_id)
+        with self.lock.held():
+            stored = self.get(edit_id)
+            if stored is None:
+                raise NotFoundError(f"no edit with id {edit_id}")
+            for current in self._current_for([stored.edit.supersede_key]):
+                if current.edit.id != edit_id:
+                    self._set_status(current.edit.id, SUPERSEDED, edit_id)
+            self._set_status(edit_id, CURRENT)
+            return self.get(edit_id)
 
     def clear(self) -> None:
+        with self.lock.held():
+            self._clear()
+
+    def _clear(self) -> None:
         for collection in (self.keys, self.records):
             ids = collection.get(include=[])["ids"]
             for start in range(0, len(ids), self.client.get_max_batch_size()):
@@ -269,6 +321,7 @@ class EditStore:
         """The k best current edits per query; with `gated`, only those scoring at least `threshold`."""
         if not queries:
             return []
+        queries = [nfc(q) for q in queries]  # as the edits are stored: one spelling per text
         # No count() to cap n_results: Chroma returns fewer rows when it has fewer, and count() scans the
         # collection (13 ms at 200k keys, more than the query itself).
         result = self.keys.query(query_embeddings=self.embedder.encode(queries).tolist(), n_results=max(4 * k, 8),
@@ -331,7 +384,8 @@ class EditStore:
 
     def set_gate(self, gate: Gate) -> None:
         self.gate = gate
-        self.records.modify(metadata={"gate": gate.to_json()})
+        with self.lock.held():
+            self.records.modify(metadata={"gate": gate.to_json()})
 
     def saved_gate(self) -> Gate | None:
         metadata = self.records.metadata or {}

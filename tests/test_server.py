@@ -164,3 +164,113 @@ def test_hostile_keys_and_bodies_get_4xx_not_500(server):
 
     with client(base) as c:
         assert c.post("/v1/edits", content=chunks()).status_code == 413
+
+
+class GatedRunner:
+    """Stands in for the model: generations wait for `release`; streams yield a piece every 20 ms until told to
+    stop. `log` records when each generation thread starts and ends."""
+
+    def __init__(self):
+        import threading
+
+        self.release, self.log, self.lock = threading.Event(), [], threading.Lock()
+
+    def note(self, event):
+        with self.lock:
+            self.log.append(event)
+
+    def complete(self, prompt, max_new_tokens):
+        from lte.scoring import Completion
+
+        self.note("start")
+        self.release.wait(30)
+        self.note("end")
+        return Completion("ok", 1, 1, "stop")
+
+    def stream(self, prompt, max_new_tokens, stop):
+        import queue
+        import threading
+        import time
+
+        pieces = queue.Queue()
+
+        def run():
+            self.note("start")
+            for _ in range(500):
+                if stop.is_set():
+                    break
+                time.sleep(0.02)
+                pieces.put("x")
+            pieces.put(None)
+            self.note("end")
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        return iter(pieces.get, None), thread
+
+
+@pytest.fixture
+def gated(tiny, embedder):
+    runner = GatedRunner()
+
+    class GatedEditor(LTEEditor):
+        def runner_for(self, has_facts):
+            return runner
+
+    editor = GatedEditor(tiny, EditStore(open_client(), f"gated-{uuid.uuid4().hex[:8]}", embedder))
+    with running_server(editor, api_key=KEY, max_queue=1) as base:
+        yield base, runner
+    runner.release.set()
+
+
+def wait_for(condition, seconds=10.0):
+    import time
+
+    end = time.time() + seconds
+    while time.time() < end:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_a_full_queue_answers_503_before_any_byte_of_a_stream(gated):
+    import concurrent.futures
+
+    base, runner = gated
+    ask = {"messages": [{"role": "user", "content": "Who wrote Hamlet?"}]}
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        first = pool.submit(lambda: client(base).post("/v1/chat/completions", json=ask).status_code)
+        assert wait_for(lambda: runner.log == ["start"])
+        second = pool.submit(lambda: client(base).post("/v1/chat/completions", json=ask).status_code)
+        assert wait_for(lambda: httpx.get(base + "/health").json()["queued"] == 1)
+        streamed = client(base).post("/v1/chat/completions", json=dict(ask, stream=True))
+        assert streamed.status_code == 503 and streamed.json()["error"]["code"] == "overloaded"
+        runner.release.set()
+        assert first.result() == 200 and second.result() == 200
+
+
+def test_abandoned_requests_free_the_queue_and_the_slot_waits_for_the_generation_to_end(gated):
+    import concurrent.futures
+
+    base, runner = gated
+    ask = {"messages": [{"role": "user", "content": "Who wrote Hamlet?"}], "max_tokens": 500}
+    # A stream whose client reads one piece and goes away: its generation stops, and the slot is free only after.
+    with client(base) as c, c.stream("POST", "/v1/chat/completions", json=dict(ask, stream=True)) as response:
+        assert response.status_code == 200
+        next(response.iter_lines())
+    # A plain request whose client gives up while it is queued behind a held slot: it generates nothing.
+    runner.release.clear()
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        holder = pool.submit(lambda: client(base).post("/v1/chat/completions", json=ask).status_code)
+        assert wait_for(lambda: runner.log.count("start") == 2)
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(base + "/v1/chat/completions", json=ask, timeout=0.5,
+                       headers={"Authorization": f"Bearer {KEY}"})
+        runner.release.set()
+        assert holder.result() == 200
+    assert wait_for(lambda: httpx.get(base + "/health").json()["queued"] == 0)
+    with client(base) as c:
+        assert c.post("/v1/chat/completions", json=ask).status_code == 200
+    # one generation at a time: every start follows the end of the one before; the abandoned request never ran
+    assert runner.log == ["start", "end"] * 3

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lte.datasets import load_cases, load_edits
+from lte.datasets import load_cases, located_edits
 from lte.errors import InputError, NotFoundError
 
 
@@ -68,8 +68,9 @@ def open_store(settings):
 
 
 def run_add(args, settings) -> int:
-    edits = [edit for path in args.files for edit in load_edits(path)]  # validate every file before writing
-    report = open_store(settings).add(edits, batch_size=args.batch_size)
+    located = [pair for path in args.files for pair in located_edits(path)]  # validate every file before writing
+    report = open_store(settings).add([edit for edit, _ in located], batch_size=args.batch_size,
+                                      where={edit.id: where for edit, where in located})
     print(f"added {report.added}, already stored {report.skipped}, superseded {report.superseded}")
     return 0
 
