@@ -26,6 +26,7 @@ from importlib.resources import files
 from typing import Any
 
 import anyio
+import httpx
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
@@ -381,6 +382,13 @@ async def on_http_error(request: Request, error: StarletteHTTPException) -> JSON
     return error_body(error.status_code, str(error.detail))
 
 
+async def on_store_unreachable(request: Request, error: httpx.TransportError) -> JSONResponse:
+    """A Chroma server (--chroma-url) that went away: 503 while it is down; the next request after it is back
+    works again, without restarting `lte serve`."""
+    return error_body(503, f"the edit store is unreachable ({type(error).__name__}: {error}); retry when the Chroma "
+                      "server is back", "server_error", "store_unavailable")
+
+
 async def on_validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
     return error_body(400, f"invalid request: {error.errors()}")
 
@@ -406,6 +414,7 @@ def create_app(service: Service) -> FastAPI:
     app.add_exception_handler(APIError, on_api_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(httpx.TransportError, on_store_unreachable)
     app.add_middleware(DeclaredBodyLimit, limit=service.cfg.max_body_bytes)
     app.include_router(pages)
     app.include_router(api)

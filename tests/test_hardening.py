@@ -148,3 +148,53 @@ def test_an_edit_carrying_instructions_changes_nothing_for_other_subjects(tiny, 
     [prompt] = editor.render([Query("Where is Zorblax?")])
     user_turn = prompt.split("<|im_start|>user\n")[1].split("<|im_end|>")[0]
     assert "HACKED" in user_turn and prompt.count("<|im_start|>") == 2  # data inside the fact block, nothing more
+
+
+def start_chroma(path, port):
+    import shutil
+    import time
+
+    import httpx
+
+    chroma = shutil.which("chroma") or str(__import__("pathlib").Path(sys.executable).parent / "chroma")
+    process = subprocess.Popen([chroma, "run", "--path", str(path), "--port", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(300):
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/api/v2/heartbeat", timeout=1)
+            return process
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    process.kill()
+    pytest.skip("chroma run did not start")
+
+
+def test_a_chroma_server_that_goes_away_gives_503_and_comes_back_without_a_restart(tiny, embedder, tmp_path):
+    import socket
+
+    import httpx
+
+    from lte.lte_editor import LTEEditor
+    from retrieval.store import EditStore
+    from tests.conftest import running_server
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    chroma = start_chroma(tmp_path / "chroma", port)
+    try:
+        store = EditStore.open(url=f"http://127.0.0.1:{port}", collection="down", embedder=embedder)
+        ask = {"max_tokens": 2, "messages": [{"role": "user", "content": "Where is the Space Needle?"}]}
+        with running_server(LTEEditor(tiny, store)) as base, httpx.Client(base_url=base, timeout=60) as c:
+            assert c.post("/v1/edits", json=NEEDLE).status_code == 200
+            chroma.terminate()
+            chroma.wait()
+            down = c.post("/v1/chat/completions", json=ask)
+            assert down.status_code == 503 and down.json()["error"]["code"] == "store_unavailable"
+            assert c.post("/v1/edits", json=dict(NEEDLE, target_new="Lima")).status_code == 503
+            chroma = start_chroma(tmp_path / "chroma", port)
+            back = c.post("/v1/chat/completions", json=ask)
+            assert back.status_code == 200 and [e["statement"] for e in back.json()["lte"]["edits"]] == [
+                "The Space Needle is located in Goa."]
+    finally:
+        chroma.kill()
