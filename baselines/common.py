@@ -53,6 +53,12 @@ class Projection:
             update = torch.outer(out_vector, in_vector).to(self.weight.dtype)
             self.weight.add_(update.T if self.transposed else update)
 
+    def add_matrix(self, update: torch.Tensor) -> None:
+        """W += ΔW for a (out, in) matrix ΔW (e.g. solved in float64), in the module's own layout and dtype."""
+        with torch.no_grad():
+            update = update.to(self.weight.dtype)
+            self.weight.add_(update.T if self.transposed else update)
+
 
 def mlp_projection(model: PreTrainedModel, layer: int) -> Projection:
     mlp = decoder_layers(model)[layer].mlp

@@ -28,7 +28,8 @@ from lte.settings import Settings
 
 @dataclass
 class BenchConfig:
-    """editors, datasets (name=path or a known name), modes, ns: the grid. budget_s: most seconds per cell.
+    """editors, datasets (name=path or a known name), modes, ns: the grid (mode sequential-batch runs once per size
+    in edit_batches). budget_s: most seconds per cell.
     score_sample: apply all n cases' edits, score a seeded sample of this many (None: score all).
     options: per editor, options over its config's defaults (`--set EDITOR.KEY=VALUE`); cells of an editor run
     with options are keyed and labelled with them, so they never mix with its default cells."""
@@ -41,6 +42,7 @@ class BenchConfig:
     score_sample: int | None = None
     out: Path = Path("bench-out")
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    edit_batches: list[int] = field(default_factory=lambda: [100])  # sequential-batch cells: B cases per call
 
     def __post_init__(self) -> None:
         strays = sorted(set(self.options) - set(self.editors))
@@ -72,11 +74,13 @@ class Cell:
     n: int
     scored: int | None = None  # a sample of the n cases is scored (all when None)
     tag: str = ""  # the editor's non-default options, as a short label
+    edit_batch: int | None = None  # sequential-batch: cases per apply call
 
     @property
     def key(self) -> str:
-        return (f"{self.editor}__{self.dataset}__{self.mode}__{self.n}" + (f"__s{self.scored}" if self.scored else "")
-                + (f"__{self.tag}" if self.tag else ""))
+        batch = f"__b{self.edit_batch}" if self.edit_batch else ""
+        return (f"{self.editor}__{self.dataset}__{self.mode}__{self.n}{batch}"
+                + (f"__s{self.scored}" if self.scored else "") + (f"__{self.tag}" if self.tag else ""))
 
 
 def estimate_seconds(cell: Cell, done: dict[str, dict]) -> float | None:
@@ -96,7 +100,7 @@ def run_cell(cell: Cell, cfg: BenchConfig, settings: Settings, loaded: LoadedMod
     editor = build_editor(cell.editor, settings, loaded, cfg.configs[cell.editor])
     reference_model = loaded if loaded.base_spec == loaded.spec else load_model(loaded.base_spec, settings.home)
     reference = build_editor("none", settings, reference_model)
-    eval_cfg = EvalConfig(mode=cell.mode, progress=progress, score_sample=cell.scored)
+    eval_cfg = EvalConfig(mode=cell.mode, progress=progress, score_sample=cell.scored, edit_batch=cell.edit_batch)
     key = (cell.dataset, cell.n, cell.scored)
     if key not in shared_references:
         shared_references[key] = locality_references(reference, cases[: cell.n], eval_cfg)
@@ -115,7 +119,8 @@ def grid(cfg: BenchConfig, settings: Settings):
             for mode in cfg.modes:
                 for n in sorted({min(n, len(cases)) for n in cfg.ns}):
                     scored = cfg.score_sample if cfg.score_sample and cfg.score_sample < n else None
-                    yield Cell(editor, label, mode, n, scored, tag), cases
+                    for size in cfg.edit_batches if mode == "sequential-batch" else [None]:
+                        yield Cell(editor, label, mode, n, scored, tag, size), cases
 
 
 def run_bench(cfg: BenchConfig, settings: Settings, progress: bool = True, command: str = "") -> dict[str, dict]:
@@ -175,7 +180,7 @@ def is_current(cell: dict) -> bool:
 def attempt(cell: Cell, cfg: BenchConfig, settings: Settings, loaded: LoadedModel, cases, done: dict,
             progress: bool, shared_references: dict) -> dict:
     base = {"editor": cell.editor, "dataset": cell.dataset, "mode": cell.mode, "n_cases": cell.n,
-            "scored_cases": cell.scored or cell.n}
+            "scored_cases": cell.scored or cell.n, **({"edit_batch": cell.edit_batch} if cell.edit_batch else {})}
     estimate = estimate_seconds(cell, done)
     if estimate is not None and estimate > cfg.budget_s:
         return {**base, "skipped": f"estimated {estimate:.0f} s > budget {cfg.budget_s:.0f} s"}

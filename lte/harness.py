@@ -30,7 +30,7 @@ from lte.metrics import (
 from lte.models import model_identity
 from lte.schema import FACETS, Edit, EditCase
 
-MODES = ("single", "batch", "sequential")
+MODES = ("single", "batch", "sequential", "sequential-batch")
 # Bumped whenever a change alters what a metric measures, so cached results from older harnesses are not mixed
 # with new ones. 2: locality references without words are dropped. 3: gen_acc matches whole words only ('Goa' no
 # longer matches 'Goat'); reports carry the model's identity, extra edits, the scored sample and retrieval figures.
@@ -40,7 +40,9 @@ HARNESS_VERSION = 3
 @dataclass
 class EvalConfig:
     """mode: single (apply one case's edits, score, restore), batch (apply all, score all), sequential (apply one
-    after another, score all at the end; reliability right after each edit is reported separately).
+    after another, score all at the end; reliability right after each edit is reported separately),
+    sequential-batch (the edits of `edit_batch` cases per apply call, one call after another; reliability right
+    after each call reported separately; sequential is this with one case per call).
     limit: first N cases (deterministic order). max_new_tokens: greedy answer length for gen_acc.
     fluency_cases / fluency_tokens: how many rewrite prompts get a long generation for n-gram entropy.
     score_sample: apply every case's edits but score only this many cases, drawn with `seed` (mass editing at a
@@ -55,10 +57,15 @@ class EvalConfig:
     score_sample: int | None = None
     seed: int = 0
     progress: bool = True
+    edit_batch: int | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ConfigError(f"mode '{self.mode}': choose one of {', '.join(MODES)}")
+        if (self.mode == "sequential-batch") != (self.edit_batch is not None):
+            raise ConfigError("an edit batch size (--edit-batch B) goes with --mode sequential-batch, and only there")
+        if self.edit_batch is not None and self.edit_batch < 1:
+            raise ConfigError(f"edit_batch {self.edit_batch}: must be at least 1")
         if self.score_sample is not None and self.score_sample < 1:
             raise ConfigError(f"score_sample {self.score_sample}: must be at least 1")
 
@@ -215,16 +222,18 @@ def run_batch(editor: Editor, cases: Sequence[EditCase], refs: dict, cfg: EvalCo
 
 def run_sequential(editor: Editor, cases: Sequence[EditCase], refs: dict, cfg: EvalConfig, clock: Clock,
                    extra: Sequence[Edit]) -> dict:
-    """Extra edits go in first, in one call; then each case's edits one after another."""
+    """Extra edits go in first, in one call; then the edits of `edit_batch` cases (one in sequential mode) per
+    call, one call after another, the reliability of each call's scored cases checked right after it."""
     if extra:
         timed_apply(editor, extra, clock)
-    immediate, scored = Tallies(), set(cfg.scored(len(cases)))
-    for index, case in enumerate(tqdm(cases, desc="sequential: editing", disable=not cfg.progress)):
-        timed_apply(editor, case.edits, clock)
-        if index in scored:
-            rewrite = [item for item in case_items(case, index, refs) if item.facet == "reliability"]
-            score_items(editor, rewrite, cfg, immediate, Clock())
-    tallies = _score_all(editor, cases, refs, cfg, clock, desc="sequential: scoring")
+    immediate, scored, size = Tallies(), set(cfg.scored(len(cases))), cfg.edit_batch or 1
+    for start in tqdm(range(0, len(cases), size), desc=f"{cfg.mode}: editing", disable=not cfg.progress):
+        batch = range(start, min(start + size, len(cases)))
+        timed_apply(editor, [edit for i in batch for edit in cases[i].edits], clock)
+        rewrite = [item for i in batch if i in scored for item in case_items(cases[i], i, refs)
+                   if item.facet == "reliability"]
+        score_items(editor, rewrite, cfg, immediate, Clock())
+    tallies = _score_all(editor, cases, refs, cfg, clock, desc=f"{cfg.mode}: scoring")
     stats = editor.stats()
     editor.restore()
     return {"metrics": tallies.summary(), "metrics_immediate": immediate.summary(),
@@ -241,7 +250,8 @@ def _score_all(editor: Editor, cases: Sequence[EditCase], refs: dict, cfg: EvalC
     return tallies
 
 
-RUNNERS: dict[str, Callable[..., dict]] = {"single": run_single, "batch": run_batch, "sequential": run_sequential}
+RUNNERS: dict[str, Callable[..., dict]] = {"single": run_single, "batch": run_batch, "sequential": run_sequential,
+                                           "sequential-batch": run_sequential}
 
 
 def evaluate(editor: Editor, cases: Sequence[EditCase], reference: Editor, cfg: EvalConfig,
@@ -257,7 +267,8 @@ def evaluate(editor: Editor, cases: Sequence[EditCase], reference: Editor, cfg: 
     result = RUNNERS[cfg.mode](editor, cases, refs, cfg, clock, extra_edits)
     return {"editor": editor.name, "editor_config": config_dict(editor.config), "model": editor.model_name,
             "model_identity": model_identity(editor.model_name),
-            "dataset": dataset, "mode": cfg.mode, "n_cases": len(cases), "scored_cases": len(cfg.scored(len(cases))),
+            "dataset": dataset, "mode": cfg.mode, **({"edit_batch": cfg.edit_batch} if cfg.edit_batch else {}),
+            "n_cases": len(cases), "scored_cases": len(cfg.scored(len(cases))),
             "extra_edits": len(extra_edits), **result, "timing": clock.summary(), "harness_version": HARNESS_VERSION}
 
 
@@ -266,7 +277,8 @@ def format_table(report: dict) -> str:
     scored = report.get("scored_cases", report["n_cases"])
     sample = f", {scored} scored" if scored < report["n_cases"] else ""
     extra = f", {report['extra_edits']} extra edits stored" if report.get("extra_edits") else ""
-    header = f"{report['editor']} on {report['dataset']} ({report['mode']}, {report['n_cases']} cases{sample}{extra})"
+    mode = report["mode"] + (f" of {report['edit_batch']}" if report.get("edit_batch") else "")
+    header = f"{report['editor']} on {report['dataset']} ({mode}, {report['n_cases']} cases{sample}{extra})"
     lines = [header, f"{'facet':<16}{'token_acc':>10}{'gen_acc':>10}{'prob_win':>10}{'n':>7}"]
     for facet in FACETS:
         m = report["metrics"].get(facet)

@@ -44,6 +44,12 @@ EDITORS: dict[str, EditorSpec] = {
     "grace": EditorSpec("GRACE: key-value codebook at one layer", "baselines.grace:GRACEEditor", uses_base_model=True),
     "ke": EditorSpec("KnowledgeEditor: trained hypernetwork weight update",
                      "baselines.knowledge_editor:KnowledgeEditor", uses_base_model=True),
+    "memit": EditorSpec("MEMIT: batched least-squares update of several MLPs", "baselines.memit:MEMITEditor",
+                        uses_base_model=True),
+    "emmet": EditorSpec("EMMET: batched equality-constrained update (batched ROME)", "baselines.emmet:EMMETEditor",
+                        uses_base_model=True),
+    "alphaedit": EditorSpec("AlphaEdit: MEMIT projected onto the null space of preserved keys",
+                            "baselines.alphaedit:AlphaEditEditor", uses_base_model=True),
 }
 
 

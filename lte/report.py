@@ -17,6 +17,10 @@ from lte.schema import FACETS
 from lte.settings import Settings
 
 
+def mode_label(r: dict) -> str:
+    return r["mode"] + (f" of {r['edit_batch']}" if r.get("edit_batch") else "")
+
+
 def editor_label(r: dict) -> str:
     """The editor's name, with the options it ran with when they were not its defaults: 'lte [k=5]'."""
     options = r.get("options") or {}
@@ -36,12 +40,13 @@ def quality_table(results: dict[str, dict]) -> str:
     for r in sorted(results.values(), key=lambda r: (r["dataset"], r["n_cases"], editor_rank(editor_label(r)))):
         if "metrics" not in r:
             status = f"skipped: {r['skipped']}" if "skipped" in r else f"failed: {r.get('failed', '?')}"
-            lines.append(f"| {editor_label(r)} | {r['dataset']} | {r['mode']} | {n_label(r)} | {status} | | | | | |")
+            lines.append(f"| {editor_label(r)} | {r['dataset']} | {mode_label(r)} | {n_label(r)} | {status} "
+                         "| | | | | |")
             continue
         metrics = r["metrics"]
         cells = [facet_cell(metrics.get(f)) for f in FACETS]
         fluency = f"{metrics['fluency']['ngram_entropy']:.2f}" if "fluency" in metrics else "–"
-        lines.append(f"| {editor_label(r)} | {r['dataset']} | {r['mode']} | {n_label(r)} | " + " | ".join(cells)
+        lines.append(f"| {editor_label(r)} | {r['dataset']} | {mode_label(r)} | {n_label(r)} | " + " | ".join(cells)
                      + f" | {fluency} | {r.get('harness_version', 1)} |")
     return "\n".join(lines)
 

@@ -30,12 +30,18 @@ TINY_OPTIONS = {
     "rome": {"layer": 1, "cov_tokens": 600, "prefixes": 2, "prefix_tokens": 4, "v_steps": 10, "clamp_norm": 50.0},
     "grace": {"layer": 2, "value_steps": 40},
     "ke": {},  # checkpoint: the tiny one trained by the `ke_trained` fixture
+    **{name: {"layers": [1, 2], "cov_tokens": 600, "prefixes": 2, "prefix_tokens": 4, "v_steps": 10}
+       for name in ("memit", "emmet", "alphaedit")},
 }
 NO_EFFECT = {"none", "context"}  # apply changes nothing by design
 ORACLES = {"context"}  # reads Query.case_edits
-# Editors that edit through the prompt: a random tiny model does not read its prompt's facts, so here their
-# contract is that apply changes the scores; that the aligned model raises the target is measured in RESULTS.md.
-THROUGH_THE_PROMPT = {"lte", "lte-unaligned"}
+# Editors whose raise a random tiny model cannot show, so here their contract is that apply changes the scores:
+# - through the prompt (lte): the tiny model does not read its prompt's facts; the aligned model's raise is measured
+#   in RESULTS.md;
+# - through the residual stream at the subject (memit, emmet, alphaedit): on the tiny model a target residual of norm
+#   19 moves the target's NLL only from 6.09 to 6.05 (attention there is near uniform, so the subject's position
+#   barely reaches the answer's); the raise on the default model is tested in test_locate.py (slow).
+RAISE_SHOWN_ELSEWHERE = {"lte", "lte-unaligned", "memit", "emmet", "alphaedit"}
 
 EDITS = [
     Edit(subject="The Space Needle", prompt="The Space Needle is located in", target_new="Goa", target_true="Seattle"),
@@ -91,7 +97,7 @@ def test_apply_raises_the_target_and_restore_brings_everything_back_exactly(make
         assert snapshot(editor) == before, f"{name}: restore did not bring every score and answer back"
     if name in NO_EFFECT:
         assert gains == [0.0] * len(EDITS)
-    elif name in THROUGH_THE_PROMPT:
+    elif name in RAISE_SHOWN_ELSEWHERE:
         assert all(gain != 0 for gain in gains), f"{name}: apply left some target's score as it was ({gains})"
     else:
         assert min(gains) > 0, f"{name}: apply did not raise every target (gains {gains})"
@@ -126,7 +132,8 @@ def contract_cases() -> list[EditCase]:
 def test_every_harness_mode_leaves_the_editor_restored(make, tiny, name, mode):
     editor = make(name)
     before = snapshot(editor)
-    cfg = EvalConfig(mode=mode, max_new_tokens=3, fluency_cases=1, fluency_tokens=4, progress=False)
+    cfg = EvalConfig(mode=mode, max_new_tokens=3, fluency_cases=1, fluency_tokens=4, progress=False,
+                     edit_batch=2 if mode == "sequential-batch" else None)
     report = evaluate(editor, contract_cases(), UneditedEditor(tiny), cfg, dataset="contract")
     json.dumps(report)
     assert report["editor"] == name and report["metrics"]["reliability"]["n"] == 2
@@ -184,10 +191,12 @@ EXPECTED_CALLS = {
     "batch": ["apply Needle,Darrieux,Rocard", "score", "generate", "restore"],
     "sequential": ["apply Needle", "score", "generate", "apply Darrieux", "score", "generate", "apply Rocard",
                    "score", "generate", "score", "generate", "restore"],
+    "sequential-batch": ["apply Needle,Darrieux", "score", "generate", "apply Rocard", "score", "generate", "score",
+                         "generate", "restore"],  # edit batches of 2
 }
 # Sequential: the fake forgets all but the last edit, so at the end only one case in three holds; right after each
 # edit, every one did. Locality prompts name no subject: the fake answers them as the unedited reference does.
-EXPECTED_RELIABILITY = {"single": 1.0, "batch": 1.0, "sequential": round(1 / 3, 4)}
+EXPECTED_RELIABILITY = {"single": 1.0, "batch": 1.0, "sequential": round(1 / 3, 4), "sequential-batch": round(1 / 3, 4)}
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -195,7 +204,8 @@ def test_harness_calls_editors_in_order_and_computes_exact_metrics(mode):
     cases = [EditCase.from_edits(str(i), [edit], paraphrases=[Probe(f"Where is {edit.subject}?", (edit.target_new,))],
                                  locality=[Probe("The capital of France is")]) for i, edit in enumerate(EDITS)]
     editor = ForgetfulEditor()
-    cfg = EvalConfig(mode=mode, max_new_tokens=3, fluency_cases=0, progress=False)
+    cfg = EvalConfig(mode=mode, max_new_tokens=3, fluency_cases=0, progress=False,
+                     edit_batch=2 if mode == "sequential-batch" else None)
     report = evaluate(editor, cases, ForgetfulEditor(), cfg)
     assert editor.calls == EXPECTED_CALLS[mode]
     metrics = report["metrics"]
@@ -204,7 +214,7 @@ def test_harness_calls_editors_in_order_and_computes_exact_metrics(mode):
         assert metrics[facet]["gen_acc"] == expected and metrics[facet]["token_acc"] == expected
     assert metrics["reliability"]["prob_win"] == EXPECTED_RELIABILITY[mode]
     assert metrics["locality"]["gen_acc"] == 1.0 and metrics["locality"]["n"] == 3
-    if mode == "sequential":
+    if mode.startswith("sequential"):
         assert report["metrics_immediate"]["reliability"]["gen_acc"] == 1.0
         assert report["metrics_immediate"]["reliability"]["n"] == 3
     else:

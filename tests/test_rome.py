@@ -1,6 +1,7 @@
 import torch
 
-from baselines.rome import ROMEConfig, ROMEEditor, covariance_path
+from baselines.rome import ROMEConfig, ROMEEditor
+from baselines.statistics import covariance_path
 from lte.editor import Query
 from lte.schema import Edit
 
@@ -25,11 +26,11 @@ def test_update_is_rank_one_raises_the_target_and_restores_bit_exactly(tiny, iso
 def test_covariance_is_cached_and_reused(tiny, isolated_home, monkeypatch):
     editor = ROMEEditor(tiny, CFG, home=isolated_home)
     cov = editor.cov
-    path = covariance_path(tiny, CFG, isolated_home)
+    path = covariance_path(tiny, CFG.layer, CFG.corpus, CFG.cov_tokens, isolated_home)
     assert path.is_file() and torch.load(path)["samples"] >= 1
-    import baselines.rome as rome
+    import baselines.statistics as statistics
 
-    monkeypatch.setattr(rome, "corpus_texts", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
+    monkeypatch.setattr(statistics, "corpus_texts", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
     again = ROMEEditor(tiny, CFG, home=isolated_home).cov
     assert torch.equal(cov, again)
 

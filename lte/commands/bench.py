@@ -8,6 +8,7 @@ from pathlib import Path
 
 from lte.catalog import KNOWN
 from lte.errors import InputFileError
+from lte.harness import MODES
 from lte.registry import editor_names
 
 
@@ -29,7 +30,10 @@ def register(commands) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="EDITOR.KEY=VALUE",
                         help="an option of one editor's config, e.g. --set lte.gate=FILE --set rome.layer=6; cells "
                         "run with options are keyed and labelled with them; repeatable")
-    parser.add_argument("--modes", nargs="+", default=defaults.modes, choices=["single", "batch", "sequential"])
+    parser.add_argument("--modes", nargs="+", default=defaults.modes, choices=MODES)
+    parser.add_argument("--edit-batches", nargs="+", type=int, default=defaults.edit_batches, metavar="B",
+                        help="sequential-batch cells: B cases' edits per apply call, one cell per size "
+                        f"(default {' '.join(map(str, defaults.edit_batches))})")
     parser.add_argument("--n", nargs="+", type=int, default=defaults.ns, dest="ns", help="cases per cell (scale axis)")
     parser.add_argument("--budget", type=float, default=defaults.budget_s, help="most seconds per cell")
     parser.add_argument("--score-sample", type=int, metavar="K",
@@ -54,7 +58,7 @@ def run(args, settings) -> int:
 
     cfg = BenchConfig(editors=args.editors, datasets=args.datasets, modes=args.modes, ns=args.ns,
                       budget_s=args.budget, score_sample=args.score_sample, out=Path(args.out),
-                      options=split_editor_options(parse_pairs(args.set)))
+                      options=split_editor_options(parse_pairs(args.set)), edit_batches=args.edit_batches)
     if args.quick:
         cfg.ns, cfg.modes = QUICK["ns"], QUICK["modes"]
     if args.plan:

@@ -30,7 +30,9 @@ def register(commands) -> None:
     parser.add_argument("--limit", type=int, help="first N cases (after --skip)")
     parser.add_argument("--skip", type=int, default=0, metavar="N",
                         help="leave out the first N cases (e.g. the ones a gate was calibrated on)")
-    parser.add_argument("--mode", choices=MODES, default="single", help="single | batch | sequential")
+    parser.add_argument("--mode", choices=MODES, default="single", help=" | ".join(MODES))
+    parser.add_argument("--edit-batch", type=int, metavar="B",
+                        help="sequential-batch: the edits of B cases per apply call, one call after another")
     parser.add_argument("--score-sample", type=int, metavar="K",
                         help="apply the edits of every case but score a seeded sample of K cases (mass editing)")
     parser.add_argument("--extra-edits", nargs="+", default=[], metavar="FILE",
@@ -51,7 +53,7 @@ def register(commands) -> None:
 def run(args, settings) -> int:
     cfg = EvalConfig(mode=args.mode, limit=args.limit, max_new_tokens=args.max_new_tokens,
                      fluency_cases=args.fluency_cases, score_sample=args.score_sample, seed=args.seed,
-                     progress=not args.no_progress)
+                     progress=not args.no_progress, edit_batch=args.edit_batch)
     if args.extra_edits and args.mode == "single":
         raise ConfigError("--extra-edits needs --mode batch or sequential (single mode restores after every case)")
     options = editor_config(args.editor, parse_pairs(args.set))  # a wrong --set fails before anything loads

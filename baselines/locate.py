@@ -1,0 +1,308 @@
+"""The locate-then-edit core that MEMIT, EMMET and AlphaEdit share: one batch of edits written into the MLP output
+projections of several layers. Only the closed-form solve differs between the methods (`solve` of each editor).
+
+For a batch of n edits and edited layers l₁ … l_R (the last one, l_R, holds the targets):
+1. targets  Z — for each edit, the residual stream (the output of block l_R at the subject's last token) that makes
+              the model predict the new target: z = h + δ, with δ optimised for every edit of a chunk in one forward
+              (context templates, a KL term on "{subject} is a", weight decay, a norm clamp, early stop);
+2. keys     K — at each edited layer in turn, the projection's input at the subject's last token, averaged over the
+              same contexts, read on the weights as already updated for the earlier layers;
+3. spread     the remaining residual Z − h (h read again on the current weights) is shared out evenly over the
+              layers still to edit: (Z − h) / (layers left);
+4. solve   ΔW — the method's closed form from K, the residual and the layer's statistics; W += ΔW (float64 solve).
+Prompts are rendered by `lte.prompting`, as every editor's are; prefixes and covariances come from
+`baselines.statistics`, shared with ROME.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from baselines.common import (
+    PrefixCachedBatch,
+    WeightBackup,
+    decoder_layers,
+    frozen_parameters,
+    mlp_projection,
+    prefix_cached_batch,
+    rendered,
+    subject_last_token,
+)
+from baselines.statistics import capture_inputs, contexts, layer_covariances, sample_prefixes
+from lte import prompting
+from lte.editor import ModelEditor
+from lte.errors import ConfigError
+from lte.models import LoadedModel
+from lte.schema import Edit
+from lte.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LocateConfig:
+    """Options every locate-then-edit method shares.
+
+    layers: the MLP projections edited; the targets live at the last one. (3-7 around ROME's layer 4 on the default
+    30-layer model, as the reference configs put the ROME layer inside the MEMIT range; chosen by the sweep in
+    results/ once run.)
+    prefixes / prefix_tokens: context prefixes keys and targets are averaged over (MEMIT: 5 plus the bare prompt).
+    v_steps, v_lr, early_stop_nll: the optimisation of δ (MEMIT's 25 steps at 0.5; stop once every edit's target
+    NLL is below early_stop_nll). kl_factor: weight of the KL term on "{subject} is a". weight_decay: on ‖δ‖/‖h‖²
+    (MEMIT's form). clamp_norm: ‖δ‖ ≤ clamp_norm·‖h‖ (MEMIT's 0.75 of the residual's norm).
+    z_chunk: edits whose δ are optimised together in one forward (memory grows with it; 16 edits are ~110 rows).
+    cov_tokens, corpus, seed: the covariance statistics (see ROMEConfig; the same cache).
+    """
+
+    layers: tuple[int, ...] = (3, 4, 5, 6, 7)
+    prefixes: int = 5
+    prefix_tokens: int = 8
+    v_steps: int = 25
+    v_lr: float = 0.5
+    early_stop_nll: float = 0.05
+    kl_factor: float = 0.0625
+    weight_decay: float = 0.5
+    clamp_norm: float = 0.75
+    z_chunk: int = 16
+    cov_tokens: int = 20000
+    corpus: tuple[str, ...] = ()
+    seed: int = 0
+
+
+@dataclass
+class BatchLog:
+    """What one batch did: edits, the targets' final NLL, and per layer the update's norm and rank."""
+
+    edits: int
+    z_nll: float
+    update_norm: dict[int, float] = field(default_factory=dict)
+    update_rank: dict[int, int] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- reading the residual stream
+
+def block_output(output) -> torch.Tensor:
+    """A decoder block's hidden states, whether the block returns a tensor (recent transformers) or a tuple."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+def with_block_output(output, hidden: torch.Tensor):
+    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+
+def subject_rows(loaded: LoadedModel, edits: Sequence[Edit], prefixes: Sequence[str]) -> tuple[list[str], list[int],
+                                                                                             list[int]]:
+    """Every edit's prompt in every context, rendered: (texts, the subject's last token in each, the edit of each)."""
+    texts, positions, owners = [], [], []
+    for i, edit in enumerate(edits):
+        for prompt in contexts(edit, prefixes):
+            text = prompting.render(loaded.tokenizer, prompt)
+            texts.append(text)
+            positions.append(subject_last_token(loaded.tokenizer, text, edit.subject))
+            owners.append(i)
+    return texts, positions, owners
+
+
+def run_rows(loaded: LoadedModel, texts: Sequence[str]) -> None:
+    """One right-padded forward over rendered texts (hooks read what they need)."""
+    batch = loaded.tokenizer(list(texts), add_special_tokens=False, padding=True, padding_side="right",
+                             return_tensors="pt").to(loaded.model.device)
+    with torch.no_grad():
+        loaded.model(**batch)
+
+
+def layer_keys(loaded: LoadedModel, layer: int, edits: Sequence[Edit], prefixes: Sequence[str]) -> torch.Tensor:
+    """K (n × f): the projection's input at each edit's subject, averaged over its contexts."""
+    texts, positions, owners = subject_rows(loaded, edits, prefixes)
+    with capture_inputs([mlp_projection(loaded.model, layer)]) as [captured]:
+        run_rows(loaded, texts)
+    inputs = captured[0]
+    rows = inputs[torch.arange(len(texts)), torch.tensor(positions)]
+    owner = torch.tensor(owners, device=rows.device)
+    return torch.stack([rows[owner == i].mean(0) for i in range(len(edits))])
+
+
+def residuals_at(loaded: LoadedModel, layer: int, edits: Sequence[Edit]) -> torch.Tensor:
+    """h (n × d): block `layer`'s output at each edit's subject, on the plain prompts."""
+    texts, positions, _ = subject_rows(loaded, edits, [])
+    outputs: list[torch.Tensor] = []
+    handle = decoder_layers(loaded.model)[layer].register_forward_hook(
+        lambda module, args, output: outputs.append(block_output(output).detach()))
+    try:
+        run_rows(loaded, texts)
+    finally:
+        handle.remove()
+    return outputs[0][torch.arange(len(texts)), torch.tensor(positions)]
+
+
+# ---------------------------------------------------------------- 1. targets
+
+def target_residuals(loaded: LoadedModel, edits: Sequence[Edit], prefixes: Sequence[str],
+                     cfg: LocateConfig) -> tuple[torch.Tensor, float]:
+    """Z (n × d) at the last edited layer, and the mean final target NLL; δ optimised `z_chunk` edits at a time."""
+    targets, nlls = [], []
+    for start in range(0, len(edits), cfg.z_chunk):
+        z, nll = chunk_targets(loaded, edits[start:start + cfg.z_chunk], prefixes, cfg)
+        targets.append(z)
+        nlls += nll
+    return torch.cat(targets), sum(nlls) / len(nlls)
+
+
+def chunk_targets(loaded: LoadedModel, edits: Sequence[Edit], prefixes: Sequence[str],
+                  cfg: LocateConfig) -> tuple[torch.Tensor, list[float]]:
+    """One forward per step for all edits of the chunk: each row gets its own edit's δ at the subject's last token
+    (the pivot of a prefix-cached batch, so each step runs only from there on)."""
+    tokenizer, model = loaded.tokenizer, loaded.model
+    texts, targets, owners, kl_rows = [], [], [], []
+    for i, edit in enumerate(edits):
+        rows, shaped = rendered(tokenizer, contexts(edit, prefixes), edit.target_new)
+        texts += rows
+        targets += shaped
+        owners += [i] * len(rows)
+        kl_prompt = f"{edit.subject} is a"
+        kl_rows.append(len(texts))
+        texts.append(prompting.render(tokenizer, kl_prompt))
+        targets.append(prompting.format_target(kl_prompt, "thing"))
+        owners.append(i)
+    pivots = [subject_last_token(tokenizer, t, edits[o].subject) for t, o in zip(texts, owners)]
+    owner = torch.tensor(owners, device=model.device)
+    plain = torch.tensor([owners.index(i) for i in range(len(edits))], device=model.device)
+    z_layer = decoder_layers(model)[cfg.layers[-1]]
+    delta = torch.zeros(len(edits), model.config.hidden_size, device=model.device, requires_grad=True)
+    originals: list[torch.Tensor] = []
+
+    def add_delta(module, args, output):
+        hidden = block_output(output)
+        if not originals:  # the first pass runs with δ = 0: the original residuals
+            originals.append(hidden[:, 0].detach())
+        shifted = hidden.clone()
+        shifted[:, 0] += delta[owner]  # position 0 of every suffix is its subject's last token
+        return with_block_output(output, shifted)
+
+    with frozen_parameters(model):
+        batch = prefix_cached_batch(model, tokenizer, texts, targets, pivots)
+        handle = z_layer.register_forward_hook(add_delta)
+        try:
+            nll = optimise_delta(model, batch, delta, owner, torch.tensor(kl_rows, device=model.device), originals,
+                                 cfg)
+        finally:
+            handle.remove()
+    return originals[0][plain] + delta.detach(), nll
+
+
+def optimise_delta(model, batch: PrefixCachedBatch, delta: torch.Tensor, owner: torch.Tensor, kl_rows: torch.Tensor,
+                   originals: list[torch.Tensor], cfg: LocateConfig) -> list[float]:
+    """Adam on δ: per edit, mean target NLL over its contexts + KL on its "is a" row + weight decay; clamped."""
+    n = delta.shape[0]
+    is_target = torch.ones(len(owner), dtype=torch.bool, device=owner.device)
+    is_target[kl_rows] = False
+    kl_pos = [batch.target.target_positions[int(r)][0] for r in kl_rows]
+    with torch.no_grad():
+        logits = batch.logits(model)
+        base_kl = torch.log_softmax(logits[kl_rows, kl_pos].float(), -1)
+    norms = torch.stack([originals[0][(owner == i) & is_target].norm(dim=-1).mean() for i in range(n)])
+    optimizer = torch.optim.Adam([delta], lr=cfg.v_lr)
+    per_edit = torch.full((n,), float("inf"))
+    for _ in range(cfg.v_steps):
+        logits = batch.logits(model)
+        row_nll = -batch.target.target_logprobs(logits)
+        per_edit = torch.stack([row_nll[(owner == i) & is_target].mean() for i in range(n)])
+        if per_edit.max().item() < cfg.early_stop_nll:
+            break
+        new_kl = torch.log_softmax(logits[kl_rows, kl_pos].float(), -1)
+        kl = torch.nn.functional.kl_div(new_kl, base_kl, log_target=True, reduction="none").sum(-1)
+        decay = cfg.weight_decay * delta.norm(dim=-1) / norms ** 2
+        loss = (per_edit + cfg.kl_factor * kl + decay).sum()  # each δ only moves its own rows: one sum is n losses
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():  # ‖δ‖ ≤ clamp_norm·‖h‖, edit by edit
+            limits = cfg.clamp_norm * norms
+            scale = torch.clamp(limits / delta.norm(dim=-1).clamp_min(1e-12), max=1.0)
+            delta.mul_(scale[:, None])
+    return per_edit.detach().tolist()
+
+
+# ---------------------------------------------------------------- the editor
+
+class LocateEditor(ModelEditor):
+    """A batch of edits per `apply` call (in the harness: all of them in batch mode, one case's in single and
+    sequential modes, B at a time in sequential-batch mode); subclasses give the config and `solve`."""
+
+    config_class = LocateConfig
+
+    def __init__(self, loaded: LoadedModel, cfg: LocateConfig | None = None, home: Path | None = None,
+                 batch_size: int = 16):
+        super().__init__(loaded, batch_size)
+        self.cfg = cfg or self.config_class()
+        count = len(decoder_layers(loaded.model))
+        if not self.cfg.layers or any(not 0 <= layer < count for layer in self.cfg.layers):
+            raise ConfigError(f"{self.name}: layers {list(self.cfg.layers)} out of range for {count} layers")
+        if list(self.cfg.layers) != sorted(set(self.cfg.layers)):
+            raise ConfigError(f"{self.name}: layers must be distinct and increasing, got {list(self.cfg.layers)}")
+        self.home = home or Settings.from_env().home
+        self.backup = WeightBackup()
+        self.log: list[BatchLog] = []
+        self._prefixes: list[str] | None = None
+        self._covariances: dict[int, torch.Tensor] | None = None
+
+    @classmethod
+    def from_config(cls, settings: Settings, loaded: LoadedModel, config: LocateConfig | None = None,
+                    batch_size: int = 16) -> LocateEditor:
+        return cls(loaded, config, settings.home, batch_size)
+
+    @property
+    def prefixes(self) -> list[str]:
+        if self._prefixes is None:
+            self._prefixes = sample_prefixes(self.loaded, self.cfg.prefixes, self.cfg.prefix_tokens)
+        return self._prefixes
+
+    @property
+    def covariances(self) -> dict[int, torch.Tensor]:
+        if self._covariances is None:
+            self._covariances = layer_covariances(self.loaded, self.cfg.layers, self.cfg.corpus, self.cfg.cov_tokens,
+                                                  self.cfg.seed, self.home)
+        return self._covariances
+
+    def solve(self, layer: int, keys: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """ΔW (d × f, float64) for keys K (f × n) and residuals R (d × n), both float64."""
+        raise NotImplementedError
+
+    def after_batch(self, edits: Sequence[Edit]) -> None:
+        """Hook for methods that remember earlier batches (AlphaEdit's accumulated keys)."""
+
+    def apply(self, edits: Sequence[Edit]) -> None:
+        if edits:
+            self.log.append(self.edit_batch(list(edits)))
+
+    def edit_batch(self, edits: list[Edit]) -> BatchLog:
+        targets, nll = target_residuals(self.loaded, edits, self.prefixes, self.cfg)
+        entry = BatchLog(len(edits), nll)
+        for done, layer in enumerate(self.cfg.layers):
+            keys = layer_keys(self.loaded, layer, edits, self.prefixes).double().T
+            current = residuals_at(self.loaded, self.cfg.layers[-1], edits)
+            residual = ((targets - current) / (len(self.cfg.layers) - done)).double().T
+            update = self.solve(layer, keys, residual)
+            projection = mlp_projection(self.loaded.model, layer)
+            self.backup.save(projection.weight)
+            projection.add_matrix(update)
+            entry.update_norm[layer] = round(float(update.norm()), 4)
+            entry.update_rank[layer] = int(torch.linalg.matrix_rank(update.float()))
+        self.after_batch(edits)
+        log.info("%s: %d edits, target NLL %.3f, ‖ΔW‖ per layer %s", self.name, len(edits), nll, entry.update_norm)
+        return entry
+
+    def stats(self) -> dict:
+        if not self.log:
+            return {}
+        return {"batches": len(self.log), "z_nll": round(sum(b.z_nll for b in self.log) / len(self.log), 4),
+                "max_update_rank": max(max(b.update_rank.values()) for b in self.log)}
+
+    def restore(self) -> None:
+        self.backup.restore()
+        self.log = []
