@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 import lte.grid as bench
 from lte.cli import main
 from lte.errors import CheckpointError
@@ -110,3 +112,19 @@ def test_editor_options_key_and_label_cells_and_bugs_are_failed_not_skipped(tmp_
     failed = json.loads((out / "cells" / "lte__toy__batch__1.json").read_text())
     assert failed["failed"] == "RuntimeError: a bug in the editor" and "Traceback" in failed["trace"]
     assert "skipped" not in failed
+
+
+def test_sequential_batch_cells_are_keyed_by_their_edit_batch(tmp_path):
+    from lte.errors import ConfigError
+    from lte.harness import EvalConfig
+
+    data = write_cases(tmp_path / "toy.jsonl", n=3)
+    out = tmp_path / "b"
+    assert main(["--model", "tiny-random", "bench", "--editors", "context", "--datasets", f"toy={data}", "--n", "3",
+                 "--modes", "sequential-batch", "--edit-batches", "2", "3", "--out", str(out), "--no-progress"]) == 0
+    for size in (2, 3):
+        cell = json.loads((out / "cells" / f"context__toy__sequential-batch__3__b{size}.json").read_text())
+        assert cell["edit_batch"] == size and cell["metrics_immediate"]["reliability"]["n"] == 3
+    assert "| context | toy | sequential-batch of 2 | 3 |" in (out / "RESULTS.md").read_text()
+    with pytest.raises(ConfigError, match="sequential-batch"):
+        EvalConfig(mode="batch", edit_batch=2)
