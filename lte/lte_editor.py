@@ -120,6 +120,12 @@ class LTEEditor(ModelEditor):
                 results[i] = result
         return results
 
+    def stats(self) -> dict:
+        """The relevance gate in use (it may come from the store, from next to --model, or be the unfitted one)."""
+        gate = self.store.gate
+        return {"gate": {"weights": [round(w, 4) for w in gate.weights], "bias": round(gate.bias, 4),
+                         "threshold": round(gate.threshold, 4), "fitted_on": gate.fit_related + gate.fit_unrelated}}
+
     def apply(self, edits: Sequence[Edit]) -> None:
         report = self.store.add(edits, progress=False)
         self._added += report.added_ids
