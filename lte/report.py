@@ -96,7 +96,42 @@ def plot(results: dict[str, dict], out: Path) -> list[Path]:
                 paths.append(_plot_facets(same_n, [e for e in editors if any(editor_label(r) == e for r in same_n)],
                                           out / f"quality-{dataset}-n{tag}.png", f"{dataset}, n = {size}"))
         paths.append(_plot_scale(rows, editors, out / f"scale-{dataset}.png", dataset))
+        for n in sorted({r["n_cases"] for r in rows}):
+            same_n = [r for r in rows if r["n_cases"] == n]
+            if (path := _plot_batches(same_n, out / f"batches-{dataset}-n{n}.png", f"{dataset}, n = {n}")):
+                paths.append(path)
     return paths
+
+
+def edit_batch_of(r: dict) -> int | None:
+    """The edits per apply call of a cell: B for sequential-batch, n for batch, 1 for sequential; None for single."""
+    return {"sequential-batch": r.get("edit_batch"), "batch": r["n_cases"], "sequential": 1}.get(r["mode"])
+
+
+def _plot_batches(rows: list[dict], path: Path, title: str) -> Path | None:
+    """The batch-size study: reliability, generalization and locality against edits per apply call (log axis),
+    one line per editor; drawn when some editor was run at two batch sizes or more."""
+    import matplotlib.pyplot as plt
+
+    series: dict[str, list[tuple[int, dict]]] = {}
+    for r in rows:
+        if (size := edit_batch_of(r)) is not None:
+            series.setdefault(editor_label(r), []).append((size, r["metrics"]))
+    if not any(len({size for size, _ in points}) > 1 for points in series.values()):
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    for ax, facet in zip(axes, ("reliability", "generalization", "locality")):
+        for editor in sorted(series, key=editor_rank):
+            points = sorted((size, m[facet]["gen_acc"]) for size, m in series[editor] if facet in m)
+            if points:
+                ax.plot(*zip(*points), marker="o", label=editor)
+        ax.set_xscale("log")
+        ax.set_ylim(0, 1.05)
+        ax.set_xlabel("edits per apply call")
+        ax.set_title(facet)
+    axes[0].set_ylabel("gen_acc")
+    fig.suptitle(f"{title}: edit batch size")
+    return _save(fig, axes[-1], path)
 
 
 def _plot_facets(rows: list[dict], editors: list[str], path: Path, dataset: str) -> Path:

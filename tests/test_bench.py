@@ -128,3 +128,12 @@ def test_sequential_batch_cells_are_keyed_by_their_edit_batch(tmp_path):
     assert "| context | toy | sequential-batch of 2 | 3 |" in (out / "RESULTS.md").read_text()
     with pytest.raises(ConfigError, match="sequential-batch"):
         EvalConfig(mode="batch", edit_batch=2)
+
+
+def test_the_batch_size_study_is_plotted_when_an_editor_ran_at_two_batch_sizes(tmp_path):
+    data = write_cases(tmp_path / "toy.jsonl", n=3)
+    out = tmp_path / "b"
+    assert main(["--model", "tiny-random", "bench", "--editors", "none", "context", "--datasets", f"toy={data}",
+                 "--n", "3", "--modes", "batch", "sequential", "sequential-batch", "--edit-batches", "2",
+                 "--out", str(out), "--no-progress"]) == 0
+    assert (out / "batches-toy-n3.png").is_file() and "batches-toy-n3" in (out / "RESULTS.md").read_text()
