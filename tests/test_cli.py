@@ -129,3 +129,11 @@ def test_known_dataset_names_are_read_from_the_datasets_folder(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)  # no shared/datasets here or beside
     with pytest.raises(InputError, match="LTE_DATASETS or --datasets-dir"):
         dataset_path("zsre", Settings.from_env())
+
+
+def test_serving_beyond_loopback_without_a_key_is_refused(capsys, monkeypatch):
+    import lte.commands.serve as serve
+
+    monkeypatch.setattr(serve, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    assert main(["serve", "--host", "0.0.0.0"]) == 2
+    assert "--host 0.0.0.0 without --api-key" in capsys.readouterr().err
