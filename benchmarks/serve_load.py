@@ -3,8 +3,7 @@
 1. load: N concurrent clients for D seconds mix questions, edit inserts, deletes and abandoned requests (a client
    that gives up after 0.2 s, streaming or not). Requests and errors by status, p50/p99 latency per kind, edits
    acknowledged, and every acknowledged edit not deleted since checked stored (a delete with status 0 found no
-   acknowledged edit to delete yet); then the queue must be empty and
-   answer at once.
+   acknowledged edit to delete yet); then the queue must be empty and answer at once.
 2. kill -9 of the server mid-insert: restart on the same store; acknowledged edits lost (must be 0).
 3. kill -9 of `lte edit add` mid-import: the store opens, and re-running the import completes it (no duplicate).
 4. a Chroma server (`--chroma-url`) stopped under load and restarted: answers while it is down (503 with a clear
