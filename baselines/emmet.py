@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from baselines.locate import LocateConfig, LocateEditor
+from baselines.statistics import regularised
 
 
 @dataclass
@@ -42,7 +43,5 @@ class EMMETEditor(LocateEditor):
     config_class = EMMETConfig
 
     def solve(self, layer: int, keys: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        cov = self.covariances[layer].double()
-        cov = self.cfg.mom2_weight * (cov + self.cfg.ridge_floor * cov.diagonal().mean()
-                                      * torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device))
+        cov = self.cfg.mom2_weight * regularised(self.covariances[layer].double(), self.cfg.ridge_floor)
         return emmet_solve(keys, residual, cov, self.cfg.emmet_lambda)  # with C = αC₀ the ridge is in effect α·λ_e

@@ -29,7 +29,7 @@ from baselines.common import (
     rendered,
     subject_last_token,
 )
-from baselines.statistics import capture_inputs, contexts, layer_covariances, sample_prefixes
+from baselines.statistics import capture_inputs, contexts, layer_covariances, regularised, sample_prefixes
 from lte import prompting
 from lte.editor import ModelEditor
 from lte.errors import ConfigError
@@ -151,11 +151,6 @@ def compute_value_delta(loaded: LoadedModel, projection: Projection, edit: Edit,
 
 def captured_out_dim(projection: Projection) -> int:
     return projection.as_out_in().shape[0]
-
-
-def regularised(cov: torch.Tensor, ridge: float) -> torch.Tensor:
-    """C + ridge·mean(diag C)·I: invertible even where the corpus never excited some directions."""
-    return cov + ridge * cov.diagonal().mean() * torch.eye(cov.shape[0], device=cov.device, dtype=cov.dtype)
 
 
 def apply_update(projection: Projection, key: torch.Tensor, delta: torch.Tensor, cov: torch.Tensor,

@@ -64,6 +64,11 @@ def estimate(loaded: LoadedModel, layers: Sequence[int], corpus: Sequence[str], 
     return covariances
 
 
+def regularised(cov: torch.Tensor, ridge: float) -> torch.Tensor:
+    """C + ridge·mean(diag C)·I: invertible even where the corpus never excited some directions."""
+    return cov + ridge * cov.diagonal().mean() * torch.eye(cov.shape[0], device=cov.device, dtype=cov.dtype)
+
+
 class capture_inputs:
     """Context manager: records each projection's input on every forward pass (one list per projection)."""
 

@@ -34,7 +34,8 @@ from baselines.knowledge_editor import (
     edit_loss,
     edited_parameters,
 )
-from baselines.rome import ROMEConfig, covariance, regularised
+from baselines.rome import ROMEConfig, covariance
+from baselines.statistics import regularised
 from lte.datasets import load_cases
 from lte.editor import UneditedEditor
 from lte.models import load_model
