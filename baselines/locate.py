@@ -108,19 +108,34 @@ def subject_rows(loaded: LoadedModel, edits: Sequence[Edit], prefixes: Sequence[
     return texts, positions, owners
 
 
-def run_rows(loaded: LoadedModel, texts: Sequence[str]) -> None:
-    """One right-padded forward over rendered texts (hooks read what they need)."""
+class StopForward(Exception):
+    """Raised by a hook to end a forward pass once the block that is read has run."""
+
+
+def run_rows(loaded: LoadedModel, texts: Sequence[str], last_layer: int) -> None:
+    """One right-padded forward over rendered texts, ended after block `last_layer` (hooks read what they need;
+    nothing later is read, and skipping it made reading the keys of layers 3-7 five times cheaper)."""
     batch = loaded.tokenizer(list(texts), add_special_tokens=False, padding=True, padding_side="right",
                              return_tensors="pt").to(loaded.model.device)
-    with torch.no_grad():
-        loaded.model(**batch)
+
+    def stop(module, args, output):
+        raise StopForward
+
+    handle = decoder_layers(loaded.model)[last_layer].register_forward_hook(stop)
+    try:
+        with torch.no_grad():
+            loaded.model(**batch)
+    except StopForward:
+        pass
+    finally:
+        handle.remove()
 
 
 def layer_keys(loaded: LoadedModel, layer: int, edits: Sequence[Edit], prefixes: Sequence[str]) -> torch.Tensor:
     """K (n × f): the projection's input at each edit's subject, averaged over its contexts."""
     texts, positions, owners = subject_rows(loaded, edits, prefixes)
     with capture_inputs([mlp_projection(loaded.model, layer)]) as [captured]:
-        run_rows(loaded, texts)
+        run_rows(loaded, texts, layer)
     inputs = captured[0]
     rows = inputs[torch.arange(len(texts)), torch.tensor(positions)]
     owner = torch.tensor(owners, device=rows.device)
@@ -134,7 +149,7 @@ def residuals_at(loaded: LoadedModel, layer: int, edits: Sequence[Edit]) -> torc
     handle = decoder_layers(loaded.model)[layer].register_forward_hook(
         lambda module, args, output: outputs.append(block_output(output).detach()))
     try:
-        run_rows(loaded, texts)
+        run_rows(loaded, texts, layer)  # the stop hook runs after this recording one
     finally:
         handle.remove()
     return outputs[0][torch.arange(len(texts)), torch.tensor(positions)]
@@ -172,60 +187,89 @@ def chunk_targets(loaded: LoadedModel, edits: Sequence[Edit], prefixes: Sequence
     pivots = [subject_last_token(tokenizer, t, edits[o].subject) for t, o in zip(texts, owners)]
     owner = torch.tensor(owners, device=model.device)
     plain = torch.tensor([owners.index(i) for i in range(len(edits))], device=model.device)
-    z_layer = decoder_layers(model)[cfg.layers[-1]]
     delta = torch.zeros(len(edits), model.config.hidden_size, device=model.device, requires_grad=True)
-    originals: list[torch.Tensor] = []
-
-    def add_delta(module, args, output):
-        hidden = block_output(output)
-        if not originals:  # the first pass runs with δ = 0: the original residuals
-            originals.append(hidden[:, 0].detach())
-        shifted = hidden.clone()
-        shifted[:, 0] += delta[owner]  # position 0 of every suffix is its subject's last token
-        return with_block_output(output, shifted)
-
+    hook = DeltaAtPivot(delta, owner)
     with frozen_parameters(model):
         batch = prefix_cached_batch(model, tokenizer, texts, targets, pivots)
-        handle = z_layer.register_forward_hook(add_delta)
+        handle = decoder_layers(model)[cfg.layers[-1]].register_forward_hook(hook)
         try:
-            nll = optimise_delta(model, batch, delta, owner, torch.tensor(kl_rows, device=model.device), originals,
-                                 cfg)
+            nll = optimise_delta(model, batch, hook, torch.tensor(kl_rows, device=model.device), cfg)
         finally:
             handle.remove()
-    return originals[0][plain] + delta.detach(), nll
+    return hook.originals[plain] + delta.detach(), nll
 
 
-def optimise_delta(model, batch: PrefixCachedBatch, delta: torch.Tensor, owner: torch.Tensor, kl_rows: torch.Tensor,
-                   originals: list[torch.Tensor], cfg: LocateConfig) -> list[float]:
-    """Adam on δ: per edit, mean target NLL over its contexts + KL on its "is a" row + weight decay; clamped."""
+class DeltaAtPivot:
+    """Forward hook on the last edited block: adds each row's edit's δ at position 0 of its suffix (the subject's
+    last token). `owner` gives the edit of each row of the batch being run; the first pass (δ = 0) records the
+    original residuals."""
+
+    def __init__(self, delta: torch.Tensor, owner: torch.Tensor):
+        self.delta, self.owner = delta, owner
+        self.originals: torch.Tensor | None = None
+
+    def __call__(self, module, args, output):
+        hidden = block_output(output)
+        if self.originals is None:
+            self.originals = hidden[:, 0].detach()
+        shifted = hidden.clone()
+        shifted[:, 0] += self.delta[self.owner]
+        return with_block_output(output, shifted)
+
+
+def per_edit_mean(values: torch.Tensor, owners: torch.Tensor, n: int) -> torch.Tensor:
+    """The mean of each edit's rows (0 for an edit with no row here)."""
+    sums = torch.zeros(n, device=values.device).index_add(0, owners, values)
+    counts = torch.zeros(n, device=values.device).index_add(0, owners, torch.ones_like(values))
+    return sums / counts.clamp_min(1)
+
+
+def optimise_delta(model, batch: PrefixCachedBatch, hook: DeltaAtPivot, kl_rows: torch.Tensor,
+                   cfg: LocateConfig) -> list[float]:
+    """Adam on δ: per edit, mean target NLL over its contexts + KL on its "is a" row + weight decay; clamped.
+    An edit stops as soon as its own NLL is below early_stop_nll, as it would alone (MEMIT's reference optimises
+    each edit separately); its rows then leave the batch, so a step costs only the edits still moving."""
+    delta, owner = hook.delta, hook.owner
     n = delta.shape[0]
     is_target = torch.ones(len(owner), dtype=torch.bool, device=owner.device)
     is_target[kl_rows] = False
-    kl_pos = [batch.target.target_positions[int(r)][0] for r in kl_rows]
-    with torch.no_grad():
+    with torch.no_grad():  # δ = 0: records the original residuals and the KL reference
         logits = batch.logits(model)
-        base_kl = torch.log_softmax(logits[kl_rows, kl_pos].float(), -1)
-    norms = torch.stack([originals[0][(owner == i) & is_target].norm(dim=-1).mean() for i in range(n)])
+        base_kl = torch.log_softmax(logits[kl_rows, [batch.target.target_positions[int(r)][0] for r in kl_rows]]
+                                    .float(), -1)  # one row per edit, in edit order
+    norms = per_edit_mean(hook.originals.norm(dim=-1)[is_target], owner[is_target], n)
     optimizer = torch.optim.Adam([delta], lr=cfg.v_lr)
-    per_edit = torch.full((n,), float("inf"))
+    per_edit = torch.full((n,), float("inf"), device=delta.device)
+    active, sub, rows = torch.ones(n, dtype=torch.bool, device=delta.device), batch, torch.arange(len(owner))
     for _ in range(cfg.v_steps):
-        logits = batch.logits(model)
-        row_nll = -batch.target.target_logprobs(logits)
-        per_edit = torch.stack([row_nll[(owner == i) & is_target].mean() for i in range(n)])
-        if per_edit.max().item() < cfg.early_stop_nll:
+        logits = sub.logits(model)
+        row_nll = -sub.target.target_logprobs(logits)
+        targets, kls = is_target[rows], ~is_target[rows]
+        nll = per_edit_mean(row_nll[targets], owner[rows][targets], n)
+        per_edit = torch.where(active, nll.detach(), per_edit)
+        moving = active & (per_edit >= cfg.early_stop_nll)
+        if not moving.any():
             break
-        new_kl = torch.log_softmax(logits[kl_rows, kl_pos].float(), -1)
-        kl = torch.nn.functional.kl_div(new_kl, base_kl, log_target=True, reduction="none").sum(-1)
+        kl_edits = owner[rows][kls]
+        kl_pos = [sub.target.target_positions[int(r)][0] for r in kls.nonzero()[:, 0]]
+        new_kl = torch.log_softmax(logits[kls.nonzero()[:, 0], kl_pos].float(), -1)
+        kl = torch.zeros(n, device=delta.device).index_add(0, kl_edits, torch.nn.functional.kl_div(
+            new_kl, base_kl[kl_edits], log_target=True, reduction="none").sum(-1))
         decay = cfg.weight_decay * delta.norm(dim=-1) / norms ** 2
-        loss = (per_edit + cfg.kl_factor * kl + decay).sum()  # each δ only moves its own rows: one sum is n losses
+        loss = (nll + cfg.kl_factor * kl + decay)[moving].sum()  # each δ only moves its own rows: n losses in one
+        before = delta.detach().clone()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        with torch.no_grad():  # ‖δ‖ ≤ clamp_norm·‖h‖, edit by edit
+        with torch.no_grad():  # ‖δ‖ ≤ clamp_norm·‖h‖, edit by edit; finished edits keep their δ (Adam's momentum)
             limits = cfg.clamp_norm * norms
-            scale = torch.clamp(limits / delta.norm(dim=-1).clamp_min(1e-12), max=1.0)
-            delta.mul_(scale[:, None])
-    return per_edit.detach().tolist()
+            delta.mul_(torch.clamp(limits / delta.norm(dim=-1).clamp_min(1e-12), max=1.0)[:, None])
+            delta[~moving] = before[~moving]
+        if not torch.equal(moving, active):
+            active = moving
+            rows = active[owner].nonzero()[:, 0]
+            sub, hook.owner = batch.select(rows), owner[rows]
+    return per_edit.tolist()
 
 
 # ---------------------------------------------------------------- the editor
