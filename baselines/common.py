@@ -234,6 +234,10 @@ class WeightBackup:
         if id(parameter) not in self._saved:
             self._saved[id(parameter)] = (parameter, parameter.detach().clone())
 
+    def original(self, parameter: nn.Parameter) -> torch.Tensor:
+        """The saved copy of a parameter (saved first)."""
+        return self._saved[id(parameter)][1]
+
     def restore(self) -> None:
         with torch.no_grad():
             for parameter, original in self._saved.values():

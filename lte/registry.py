@@ -50,6 +50,8 @@ EDITORS: dict[str, EditorSpec] = {
                         uses_base_model=True),
     "alphaedit": EditorSpec("AlphaEdit: MEMIT projected onto the null space of preserved keys",
                             "baselines.alphaedit:AlphaEditEditor", uses_base_model=True),
+    "ft": EditorSpec("FT-L: fine-tuning of MLP weights on the edit, each weight within ±ε of its original",
+                     "baselines.ft:FTEditor", uses_base_model=True),
 }
 
 

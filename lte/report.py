@@ -16,6 +16,8 @@ from lte.registry import editor_names
 from lte.schema import FACETS
 from lte.settings import Settings
 
+STUDY_FACETS = ("reliability", "generalization", "locality")  # the batch-size study's facets (and their average)
+
 
 def mode_label(r: dict) -> str:
     return r["mode"] + (f" of {r['edit_batch']}" if r.get("edit_batch") else "")
@@ -78,6 +80,31 @@ def speed_table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def batch_table(results: dict[str, dict]) -> str:
+    """The batch-size study as numbers: per dataset and n where some editor ran at two edit batch sizes or more,
+    each editor's gen_acc per facet, their average (reliability, generalization, locality) and the time per edit,
+    by edits per apply call. Empty when no such study was run."""
+    done = [r for r in results.values() if "metrics" in r and edit_batch_of(r) is not None]
+    lines = []
+    for dataset, n in sorted({(r["dataset"], r["n_cases"]) for r in done}):
+        rows = [r for r in done if (r["dataset"], r["n_cases"]) == (dataset, n)]
+        sizes = {}
+        for r in rows:
+            sizes.setdefault(editor_label(r), set()).add(edit_batch_of(r))
+        if not any(len(s) > 1 for s in sizes.values()):
+            continue
+        if not lines:
+            lines = ["| dataset | n | editor | edits per apply call | reliability | generalization | locality "
+                     "| average | s per edit |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in sorted(rows, key=lambda r: (editor_rank(editor_label(r)), edit_batch_of(r))):
+            values = [r["metrics"].get(f, {}).get("gen_acc") for f in STUDY_FACETS]
+            average = f"{sum(values) / 3:.2f}" if None not in values else "–"
+            lines.append(f"| {dataset} | {n_label(r)} | {editor_label(r)} | {edit_batch_of(r)} | "
+                         + " | ".join("–" if v is None else f"{v:.2f}" for v in values)
+                         + f" | {average} | {r['timing']['edit_s']:.2f} |")
+    return "\n".join(lines)
+
+
 def plot(results: dict[str, dict], out: Path) -> list[Path]:
     """Per dataset: gen_acc per facet per editor at each n two or more editors were run at (editors are only
     compared at equal n), and reliability against n."""
@@ -120,7 +147,7 @@ def _plot_batches(rows: list[dict], path: Path, title: str) -> Path | None:
     if not any(len({size for size, _ in points}) > 1 for points in series.values()):
         return None
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
-    for ax, facet in zip(axes, ("reliability", "generalization", "locality")):
+    for ax, facet in zip(axes, STUDY_FACETS):
         for editor in sorted(series, key=editor_rank):
             points = sorted((size, m[facet]["gen_acc"]) for size, m in series[editor] if facet in m)
             if points:
@@ -179,8 +206,10 @@ def _save(fig, ax, path: Path) -> Path:
 def write_reports(results: dict[str, dict], cfg: BenchConfig, settings: Settings, command: Sequence[str],
                   notes: str = "", results_md: Path | None = None) -> None:
     (cfg.out / "results.json").write_text(json.dumps(results, indent=1))
+    study = batch_table(results)
     tables = (f"## Quality (gen_acc / token_acc, prob_win in brackets)\n\n{quality_table(results)}\n\n"
-              f"## Speed\n\n{speed_table(results)}\n")
+              + (f"## Edit batch size (gen_acc)\n\n{study}\n\n" if study else "")
+              + f"## Speed\n\n{speed_table(results)}\n")
     (cfg.out / "results.md").write_text(tables)
     plots = plot(results, cfg.out)
     header = (f"# Results\n\n{provenance(results, shlex.join(command))}\n\n"

@@ -136,4 +136,8 @@ def test_the_batch_size_study_is_plotted_when_an_editor_ran_at_two_batch_sizes(t
     assert main(["--model", "tiny-random", "bench", "--editors", "none", "context", "--datasets", f"toy={data}",
                  "--n", "3", "--modes", "batch", "sequential", "sequential-batch", "--edit-batches", "2",
                  "--out", str(out), "--no-progress"]) == 0
-    assert (out / "batches-toy-n3.png").is_file() and "batches-toy-n3" in (out / "RESULTS.md").read_text()
+    text = (out / "RESULTS.md").read_text()
+    assert (out / "batches-toy-n3.png").is_file() and "batches-toy-n3" in text
+    assert "## Edit batch size" in text
+    for size in (1, 2, 3):  # sequential, sequential-batch of 2, batch of all 3 (a random model: only locality holds)
+        assert f"| toy | 3 | none | {size} | 0.00 | 0.00 | 1.00 | 0.33 | 0.00 |" in text

@@ -30,6 +30,7 @@ TINY_OPTIONS = {
     "rome": {"layer": 1, "cov_tokens": 600, "prefixes": 2, "prefix_tokens": 4, "v_steps": 10, "clamp_norm": 50.0},
     "grace": {"layer": 2, "value_steps": 40},
     "ke": {},  # checkpoint: the tiny one trained by the `ke_trained` fixture
+    "ft": {"layers": [1, 2], "steps": 10, "lr": 0.01, "norm_bound": 0.05},
     **{name: {"layers": [1, 2], "cov_tokens": 600, "prefixes": 2, "prefix_tokens": 4, "v_steps": 10}
        for name in ("memit", "emmet", "alphaedit")},
 }
