@@ -114,7 +114,8 @@ class FTEditor(ModelEditor):
                 loss.backward()
                 optimizer.step()
                 clip_to_bound(self.weights, originals, self.cfg.norm_bound)
-        drift = {layer: float((w - o).abs().max()) for layer, w, o in zip(self.cfg.layers, self.weights, originals)}
+        drift = {layer: float((w.detach() - o).abs().max())
+                 for layer, w, o in zip(self.cfg.layers, self.weights, originals)}
         log.info("ft: %d edits, %d steps, target NLL %.3f, max |ΔW| %s", len(edits), steps, nll, drift)
         return FTLog(len(edits), steps, round(nll, 4), drift)
 

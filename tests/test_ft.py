@@ -22,11 +22,11 @@ def test_each_weight_stays_within_its_bound_of_the_original_across_calls_and_res
     before = weights(editor)
     query = [Query(EDITS[0].prompt)]
     unedited = editor.score(query, ["Goa"])[0].mean_logprob
-    for edit in EDITS:  # two calls, as in sequential mode: the bound is around the original, not the last call
-        editor.apply([edit])
+    editor.apply([EDITS[0]])
+    assert editor.score(query, ["Goa"])[0].mean_logprob > unedited + 0.5  # learnt within the bound (6.08 → 5.37)
+    editor.apply([EDITS[1]])  # a second call, as in sequential mode: the bound is around the original weights
     drift = [float((w - b).abs().max()) for w, b in zip(weights(editor), before)]
     assert all(0.0099 < d <= 0.01 + 1e-7 for d in drift)  # the bound is reached and never passed
-    assert editor.score(query, ["Goa"])[0].mean_logprob > unedited + 1.0
     assert editor.stats()["calls"] == 2 and editor.stats()["max_drift"] <= 0.01 + 1e-7
     editor.restore()
     assert all(torch.equal(w, b) for w, b in zip(weights(editor), before))
@@ -43,7 +43,7 @@ def test_without_the_bound_the_weights_move_further(tiny):
 
 
 @pytest.mark.parametrize("options, message", [({"layers": (99,)}, "out of range"),
-                                              ({"norm_bound": 0.0}, "norm_bound")])
+                                              ({"layers": (1,), "norm_bound": 0.0}, "norm_bound")])
 def test_bad_options_are_refused_by_name(tiny, options, message):
     with pytest.raises(ConfigError, match=message):
         FTEditor(tiny, FTConfig(**options))
