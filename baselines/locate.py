@@ -52,8 +52,8 @@ class LocateConfig:
     2-6 … 5-9 it kept the best locality (0.80 against 0.53-0.67, reliability prob_win 1.00 everywhere;
     results/memit-layers.txt), with ROME's layer 4 inside it as in the reference configs.
     prefixes / prefix_tokens: context prefixes keys and targets are averaged over (MEMIT: 5 plus the bare prompt).
-    v_steps, v_lr, early_stop_nll: the optimisation of δ (MEMIT's 25 steps at 0.5; stop once every edit's target
-    NLL is below early_stop_nll). kl_factor: weight of the KL term on "{subject} is a". weight_decay: on ‖δ‖/‖h‖²
+    v_steps, v_lr, early_stop_nll: the optimisation of δ (MEMIT's 25 steps at 0.5; each edit stops once its own
+    target NLL is below early_stop_nll). kl_factor: weight of the KL term on "{subject} is a". weight_decay: on ‖δ‖/‖h‖²
     (MEMIT's form). clamp_norm: ‖δ‖ ≤ clamp_norm·‖h‖ (MEMIT's 0.75 of the residual's norm).
     z_chunk: edits whose δ are optimised together in one forward (memory grows with it; 16 edits are ~110 rows).
     cov_tokens, corpus, seed: the covariance statistics (see ROMEConfig; the same cache).
