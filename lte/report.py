@@ -69,12 +69,12 @@ def facet_cell(m: dict | None) -> str:
 
 
 def speed_table(results: dict[str, dict]) -> str:
-    lines = ["| editor | dataset | n | s per edit | s per query | peak RSS MB | wall s | after the edits |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| editor | dataset | mode | n | s per edit | s per query | peak RSS MB | wall s | after the edits |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(results.values(), key=lambda r: (editor_rank(editor_label(r)), r["dataset"], r["n_cases"])):
         if "timing" in r:
             t = r["timing"]
-            lines.append(f"| {editor_label(r)} | {r['dataset']} | {n_label(r)} | {t['edit_s']:.4f} | "
+            lines.append(f"| {editor_label(r)} | {r['dataset']} | {mode_label(r)} | {n_label(r)} | {t['edit_s']:.4f} | "
                          f"{t['query_s']:.4f} | {t['peak_rss_mb']:.0f} | {r.get('wall_s', 0):.0f} | "
                          + ", ".join(f"{k} {v}" for k, v in r.get("editor_stats", {}).items()) + " |")
     return "\n".join(lines)
