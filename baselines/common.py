@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.func import functional_call
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lte import prompting
@@ -203,6 +204,56 @@ def rendered(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], target:
     """Render cloze/question prompts exactly as the harness does, with the target shaped to follow each."""
     texts = [prompting.render(tokenizer, p) for p in prompts]
     return texts, [prompting.format_target(p, target) for p in prompts]
+
+
+def pair_batch(loaded, pairs: Sequence[tuple[str, str]]) -> TargetBatch:
+    """A teacher-forced batch of (prompt, target) pairs, each prompt rendered as the harness renders it."""
+    texts, targets = [], []
+    for prompt, target in pairs:
+        text, shaped = rendered(loaded.tokenizer, [prompt], target)
+        texts += text
+        targets += shaped
+    return target_batch(loaded.tokenizer, texts, targets, loaded.model.device)
+
+
+def batch_logits(loaded, batch: TargetBatch, overrides: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """Logits with `overrides` replacing weights functionally (W + ΔW while a learned editor trains)."""
+    inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+    return functional_call(loaded.model, overrides or {}, args=(), kwargs=inputs).logits
+
+
+def target_nll(loaded, pairs: Sequence[tuple[str, str]], overrides: dict[str, torch.Tensor] | None = None,
+               chunk: int = 64) -> torch.Tensor:
+    """Mean over (prompt, target) pairs of the target's NLL, in chunks of `chunk` rows; the graph is kept, so
+    `backward` reaches whatever requires a gradient (FT-L's weights, a hypernetwork through `overrides`)."""
+    losses = []
+    for start in range(0, len(pairs), chunk):
+        batch = pair_batch(loaded, pairs[start:start + chunk])
+        losses.append(-batch.target_logprobs(batch_logits(loaded, batch, overrides)))
+    return torch.cat(losses).mean()
+
+
+def gradient_factors(loaded, pairs: Sequence[tuple[str, str]], weights: dict[str, nn.Parameter]
+                     ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """For each named (out × in) weight of a linear layer: its inputs u (tokens × in) and the gradients δ of the
+    pairs' mean target NLL at its outputs (tokens × out), over every unpadded token, so that ∇W = δᵀu (rank ≤ the
+    number of tokens). Read in one forward and one backward; MEND edits through these factors."""
+    modules = {name: module for name, module in loaded.model.named_modules()
+               if getattr(module, "weight", None) is not None and f"{name}.weight" in weights}
+    captured: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    hooks = [module.register_forward_hook(lambda m, args, out, name=name: captured.__setitem__(name, (args[0], out)))
+             for name, module in modules.items()]
+    batch = pair_batch(loaded, pairs)
+    try:
+        with frozen_parameters(loaded.model, trainable=weights.values()), torch.enable_grad():
+            loss = -batch.target_logprobs(batch_logits(loaded, batch)).mean()
+            names = list(captured)
+            deltas = torch.autograd.grad(loss, [captured[n][1] for n in names])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    mask = batch.attention_mask.bool()
+    return {f"{n}.weight": (captured[n][0][mask].detach(), d[mask].detach()) for n, d in zip(names, deltas)}
 
 
 class frozen_parameters:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from baselines.common import WeightBackup, decoder_layers, frozen_parameters, mlp_projection, rendered, target_batch
+from baselines.common import WeightBackup, decoder_layers, frozen_parameters, mlp_projection, target_nll
 from lte.editor import ModelEditor
 from lte.errors import ConfigError
 from lte.models import LoadedModel
@@ -44,22 +44,6 @@ class FTLog:
     steps: int
     nll: float
     drift: dict[int, float] = field(default_factory=dict)
-
-
-def edit_nll(loaded: LoadedModel, edits: Sequence[Edit], chunk: int) -> torch.Tensor:
-    """Mean target NLL over the edits (one prompt each, rendered as the harness renders it), in chunks of rows;
-    the graph is kept, so `backward` reaches the trained weights."""
-    losses = []
-    for start in range(0, len(edits), chunk):
-        texts, targets = [], []
-        for edit in edits[start:start + chunk]:
-            text, shaped = rendered(loaded.tokenizer, [edit.prompt], edit.target_new)
-            texts += text
-            targets += shaped
-        batch = target_batch(loaded.tokenizer, texts, targets, loaded.model.device)
-        logits = loaded.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        losses.append(-batch.target_logprobs(logits))
-    return torch.cat(losses).mean()
 
 
 def clip_to_bound(weights: Sequence[torch.nn.Parameter], originals: Sequence[torch.Tensor], bound: float) -> None:
@@ -105,7 +89,8 @@ class FTEditor(ModelEditor):
         steps, nll = 0, float("inf")
         with frozen_parameters(self.loaded.model, trainable=self.weights):
             while steps < self.cfg.steps:
-                loss = edit_nll(self.loaded, edits, self.runner.batch_size)
+                loss = target_nll(self.loaded, [(e.prompt, e.target_new) for e in edits],
+                                  chunk=self.runner.batch_size)
                 nll = loss.item()
                 if nll < self.cfg.early_stop_nll:
                     break

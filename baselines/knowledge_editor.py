@@ -1,6 +1,6 @@
 """KnowledgeEditor (De Cao et al., EMNLP 2021) for decoder-only models, behind the shared `Editor` interface.
 
-A hypernetwork, trained beforehand (`lte train ke`, see `baselines/ke_training.py`), turns one edit into weight
+A hypernetwork, trained beforehand (`lte train ke`, the loop in `baselines/training.py`), turns one edit into weight
 updates. For each edited matrix W (out × in):
 
     ΔW = σ(η) · (α̂ ⊙ (−∇W L) + β̂),   α̂ = σ(a_out) ⊗ softmax(a_in)·in,   β̂ = tanh(b_out) ⊗ softmax(b_in)·s
@@ -13,28 +13,16 @@ projections of the last two layers (`KEConfig.layers`), a documented and configu
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
-from baselines.common import (
-    WeightBackup,
-    decoder_layers,
-    frozen_parameters,
-    mlp_projection,
-    rendered,
-    target_batch,
-)
-from lte.editor import ModelEditor
-from lte.errors import CheckpointError, EditorUnavailableError
+from baselines.common import frozen_parameters, target_nll
+from baselines.learned import LearnedEditor, LearnedMethod, projection_weights
+from lte.editor import Query
 from lte.models import LoadedModel
 from lte.schema import Edit
-from lte.settings import Settings
 
 
 @dataclass
@@ -91,36 +79,16 @@ class HyperNetwork(nn.Module):
         return {name: head(condition, gradients[name]) for name, head in zip(self.names, self.heads)}
 
 
-# ---------------------------------------------------------------- shared by editing and training
+# ---------------------------------------------------------------- the method's three functions
 
 def edited_parameters(loaded: LoadedModel, cfg: KEConfig) -> dict[str, nn.Parameter]:
-    """Parameter name → the (out × in) weights KE edits. GPT-2's transposed Conv1D is not supported here."""
-    count = len(decoder_layers(loaded.model))
-    names = dict(loaded.model.named_parameters())
-    chosen = {}
-    for layer in cfg.layers:
-        projection = mlp_projection(loaded.model, layer % count)
-        if projection.transposed:
-            raise EditorUnavailableError("ke: transposed (Conv1D) projections are not supported")
-        name = next(n for n, p in names.items() if p is projection.weight)
-        chosen[name] = projection.weight
-    return chosen
-
-
-def edit_loss(loaded: LoadedModel, prompts: Sequence[str], target: str,
-              overrides: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-    """Mean NLL of `target` after each prompt, with `overrides` replacing weights (functionally)."""
-    texts, targets = rendered(loaded.tokenizer, prompts, target)
-    batch = target_batch(loaded.tokenizer, texts, targets, loaded.model.device)
-    inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
-    logits = functional_call(loaded.model, overrides or {}, args=(), kwargs=inputs).logits
-    return -batch.target_logprobs(logits).mean()
+    return projection_weights(loaded, cfg.layers, "ke")
 
 
 def edit_gradients(loaded: LoadedModel, edit: Edit, params: dict[str, nn.Parameter]) -> dict[str, torch.Tensor]:
     """∇W of the target's NLL on the edit prompt, at the current weights."""
-    with frozen_parameters(loaded.model, trainable=params.values()):
-        loss = edit_loss(loaded, [edit.prompt], edit.target_new)
+    with frozen_parameters(loaded.model, trainable=params.values()), torch.enable_grad():
+        loss = target_nll(loaded, [(edit.prompt, edit.target_new)])
         grads = torch.autograd.grad(loss, list(params.values()))
     return {name: g.detach() for name, g in zip(params, grads)}
 
@@ -132,104 +100,23 @@ def condition_embeddings(loaded: LoadedModel, edit: Edit, prediction: str) -> to
         return loaded.model.get_input_embeddings()(ids).float()
 
 
-def original_prediction(editor: ModelEditor, edit: Edit, tokens: int) -> str:
-    from lte.editor import Query
-
-    return editor.generate([Query(edit.prompt)], tokens)[0]
-
-
-# ---------------------------------------------------------------- checkpoints
-
-@dataclass
-class Checkpoint:
-    model: str
-    config: KEConfig
-    state: dict
-    curve: list[dict] = field(default_factory=list)
-    step: int = 0
-
-    def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"model": self.model, "config": asdict(self.config), "state": self.state, "curve": self.curve,
-                    "step": self.step}, tmp)
-        tmp.replace(path)
-        path.with_suffix(".curve.json").write_text(json.dumps(self.curve, indent=1))
-
-    @classmethod
-    def load(cls, path: Path) -> Checkpoint:
-        saved = torch.load(path, weights_only=False)
-        config = KEConfig(**{**saved["config"], "layers": tuple(saved["config"]["layers"])})
-        return cls(saved["model"], config, saved["state"], saved.get("curve", []), saved.get("step", 0))
-
-
-def default_checkpoint(home: Path, model_spec: str) -> Path:
-    import hashlib
-
-    key = hashlib.sha1(model_spec.encode()).hexdigest()[:10]
-    return home / "ke" / f"{Path(model_spec).name}-{key}" / "ke.pt"
-
-
 def build_hypernetwork(loaded: LoadedModel, cfg: KEConfig) -> HyperNetwork:
     params = edited_parameters(loaded, cfg)
     embed_dim = loaded.model.get_input_embeddings().weight.shape[1]
     return HyperNetwork(embed_dim, {n: tuple(p.shape) for n, p in params.items()}, cfg).to(loaded.model.device)
 
 
-# ---------------------------------------------------------------- the editor
-
-@dataclass
-class KEOptions:
-    """checkpoint: the trained hypernetwork (default: the latest `lte train ke` wrote for --model). Everything else
-    (`KEConfig`: layers, hidden size...) is fixed by the checkpoint it was trained with."""
-
-    checkpoint: str | None = None
+def ke_updates(loaded: LoadedModel, hyper: HyperNetwork, params: dict[str, nn.Parameter], predictor, edit: Edit,
+               cfg: KEConfig) -> dict[str, torch.Tensor]:
+    """ΔW per edited matrix, conditioned on the model's own current answer to the edit prompt."""
+    prediction = predictor.generate([Query(edit.prompt)], cfg.prediction_tokens)[0]
+    gradients = edit_gradients(loaded, edit, params)
+    return hyper(condition_embeddings(loaded, edit, prediction), gradients)
 
 
-class KnowledgeEditor(ModelEditor):
-    """Edits by adding the hypernetwork's ΔW; sequential edits accumulate; `restore` is exact."""
+KE = LearnedMethod("ke", KEConfig, edited_parameters, build_hypernetwork, ke_updates)
 
+
+class KnowledgeEditor(LearnedEditor):
     name = "ke"
-    config_class = KEOptions
-    fixed_options = {f.name: "fixed by the trained checkpoint (KEConfig at `lte train ke` time)"
-                     for f in fields(KEConfig)}
-
-    def __init__(self, loaded: LoadedModel, checkpoint: Checkpoint, batch_size: int = 16):
-        super().__init__(loaded, batch_size)
-        self.cfg = checkpoint.config
-        self.params = edited_parameters(loaded, self.cfg)
-        self.hyper = build_hypernetwork(loaded, self.cfg)
-        self.hyper.load_state_dict(checkpoint.state)
-        self.hyper.eval()
-        self.backup = WeightBackup()
-
-    @classmethod
-    def from_config(cls, settings: Settings, loaded: LoadedModel, config: KEOptions | None = None,
-                    batch_size: int = 16) -> KnowledgeEditor:
-        config = config or KEOptions()
-        path = Path(config.checkpoint) if config.checkpoint else default_checkpoint(settings.home, loaded.spec)
-        if not path.is_file():
-            raise CheckpointError(
-                f"ke: no trained hypernetwork at {path}. Train one for this model first: "
-                f"`lte --model {loaded.spec} train ke --data <training split>` (or pass --set checkpoint=PATH)")
-        checkpoint = Checkpoint.load(path)
-        if checkpoint.model != loaded.spec:
-            raise CheckpointError(f"ke: checkpoint {path} was trained for model '{checkpoint.model}', "
-                                  f"not '{loaded.spec}'")
-        return cls(loaded, checkpoint, batch_size)
-
-    def apply(self, edits: Sequence[Edit]) -> None:
-        for edit in edits:
-            self.apply_one(edit)
-
-    def apply_one(self, edit: Edit) -> None:
-        prediction = original_prediction(self, edit, self.cfg.prediction_tokens)
-        gradients = edit_gradients(self.loaded, edit, self.params)
-        with torch.no_grad():
-            updates = self.hyper(condition_embeddings(self.loaded, edit, prediction), gradients)
-            for name, delta in updates.items():
-                self.backup.save(self.params[name])
-                self.params[name].add_(delta.to(self.params[name].dtype))
-
-    def restore(self) -> None:
-        self.backup.restore()
+    method = KE

@@ -21,21 +21,20 @@ from torch.func import functional_call
 
 from baselines.common import (
     decoder_layers,
-    frozen_parameters,
+    gradient_factors,
     mlp_projection,
     rendered,
     subject_last_token,
     target_batch,
 )
-from baselines.ke_training import answer_logprobs, base_answers
 from baselines.knowledge_editor import (
     KEConfig,
     edit_gradients,
-    edit_loss,
     edited_parameters,
 )
 from baselines.rome import ROMEConfig, covariance
 from baselines.statistics import regularised
+from baselines.training import answer_logprobs, base_answers
 from lte.datasets import load_cases
 from lte.editor import UneditedEditor
 from lte.models import load_model
@@ -45,25 +44,12 @@ STEPS = [10.0 ** (e / 2) for e in range(-10, 1)]  # ‖ΔW‖ / ‖W‖ from 1e-
 
 
 def subject_gradients(loaded, edit, params: dict) -> dict[str, torch.Tensor]:
-    """∇W L restricted to the subject's last token: δ ⊗ k, with k the matrix's input there and δ the gradient of
-    the loss with respect to its output there (the full ∇W sums that outer product over every position)."""
-    modules = {name: module for name, module in loaded.model.named_modules()
-               if getattr(module, "weight", None) is not None and f"{name}.weight" in params}
+    """∇W L restricted to the subject's last token: δ ⊗ u there (the full ∇W sums that outer product over every
+    position)."""
     text = rendered(loaded.tokenizer, [edit.prompt], edit.target_new)[0][0]
     position = subject_last_token(loaded.tokenizer, text, edit.subject)
-    captured: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    hooks = [module.register_forward_hook(lambda m, args, out, name=name: captured.__setitem__(name, (args[0], out)))
-             for name, module in modules.items()]
-    try:
-        with frozen_parameters(loaded.model, trainable=params.values()), torch.enable_grad():
-            loss = edit_loss(loaded, [edit.prompt], edit.target_new)
-            names = list(captured)
-            deltas = torch.autograd.grad(loss, [captured[n][1] for n in names])
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return {f"{n}.weight": torch.outer(d[0, position], captured[n][0][0, position]).detach()
-            for n, d in zip(names, deltas)}
+    factors = gradient_factors(loaded, [(edit.prompt, edit.target_new)], params)
+    return {name: torch.outer(delta[position], u[position]) for name, (u, delta) in factors.items()}
 
 
 def directions(loaded, params, layers, edit, preconditioners, at_subject: bool):

@@ -52,6 +52,8 @@ EDITORS: dict[str, EditorSpec] = {
                             "baselines.alphaedit:AlphaEditEditor", uses_base_model=True),
     "ft": EditorSpec("FT-L: fine-tuning of MLP weights on the edit, each weight within ±ε of its original",
                      "baselines.ft:FTEditor", uses_base_model=True),
+    "mend": EditorSpec("MEND: trained network that edits through the gradient's rank-one factors",
+                       "baselines.mend:MENDEditor", uses_base_model=True),
 }
 
 

@@ -45,14 +45,32 @@ def ke_trained(tiny, tmp_path_factory):
     KE tests and the editor contract test)."""
     import random
 
-    from baselines.ke_training import KETrainConfig, train_ke
-    from baselines.knowledge_editor import KEConfig
+    from baselines.knowledge_editor import KE, KEConfig
+    from baselines.training import TrainConfig, train_learned
     from lte.align.data import table_cases
 
     cases = table_cases(120, random.Random(1))
     path = tmp_path_factory.mktemp("ke") / "ke.pt"
-    train_ke(tiny, cases[10:], cases[:10], path, KEConfig(hidden=32),
-             KETrainConfig(steps=40, eval_every=20, save_every=20, dev_cases=10), progress=False)
+    train_learned(KE, tiny, cases[10:], cases[:10], path, KEConfig(hidden=32),
+                  TrainConfig(steps=40, eval_every=20, save_every=20, dev_cases=10), progress=False)
+    return path, cases[:10]
+
+
+@pytest.fixture(scope="session")
+def mend_trained(tiny, tmp_path_factory):
+    """A MEND network trained from scratch on the tiny model, and its 10 held-out cases (shared by the MEND tests
+    and the editor contract test). lr_init 0.1: the tiny model's weights are ~0.02 wide and its factors few."""
+    import random
+
+    from baselines.mend import MEND, MENDConfig
+    from baselines.training import TrainConfig, train_learned
+    from lte.align.data import table_cases
+
+    cases = table_cases(120, random.Random(2))
+    path = tmp_path_factory.mktemp("mend") / "mend.pt"
+    train_learned(MEND, tiny, cases[10:], cases[:10], path, MENDConfig(layers=(-2, -1), rank=16, lr_init=0.1),
+                  TrainConfig(**{**MEND.train_defaults, "steps": 40, "eval_every": 20, "save_every": 20,
+                                 "dev_cases": 10}), progress=False)
     return path, cases[:10]
 
 

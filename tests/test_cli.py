@@ -81,9 +81,10 @@ def test_missing_model_is_a_clear_error(capsys, tmp_path):
     assert "no such file" in capsys.readouterr().err
 
 
-def test_train_ke_takes_config_fields_and_refuses_unknown_ones(tmp_path, capsys):
-    out = tmp_path / "ke.pt"
-    common = ["--model", "tiny-random", "--home", str(tmp_path / "home"), "train", "ke", "--out", str(out)]
+@pytest.mark.parametrize("method", ["ke", "mend"])
+def test_train_takes_config_fields_and_refuses_unknown_ones(tmp_path, capsys, method):
+    out = tmp_path / f"{method}.pt"
+    common = ["--model", "tiny-random", "--home", str(tmp_path / "home"), "train", method, "--out", str(out)]
     assert main(common + ["--set", "lambda_lrr=0.1"]) == 2
     assert "unknown option(s) lambda_lrr" in capsys.readouterr().err and not out.exists()
     assert main(common + ["--steps", "2", "--dev", "2", "--set", "eval_every=1", "--set", "unrelated=1"]) == 0

@@ -31,6 +31,7 @@ TINY_OPTIONS = {
     "grace": {"layer": 2, "value_steps": 40},
     "ke": {},  # checkpoint: the tiny one trained by the `ke_trained` fixture
     "ft": {"layers": [1, 2], "steps": 10, "lr": 0.01, "norm_bound": 0.05},
+    "mend": {},  # checkpoint: the tiny one trained by the `mend_trained` fixture
     **{name: {"layers": [1, 2], "cov_tokens": 600, "prefixes": 2, "prefix_tokens": 4, "v_steps": 10}
        for name in ("memit", "emmet", "alphaedit")},
 }
@@ -59,12 +60,13 @@ def test_every_registered_editor_is_covered():
 
 
 @pytest.fixture
-def make(tiny, ke_trained, tmp_path):
+def make(tiny, ke_trained, mend_trained, tmp_path):
     """Builds registered editors through the registry, as `lte eval` does; restores each afterwards."""
     built: list[Editor] = []
+    checkpoints = {"ke": {"checkpoint": str(ke_trained[0])}, "mend": {"checkpoint": str(mend_trained[0])}}
 
     def build(name: str) -> Editor:
-        options = dict(TINY_OPTIONS[name], **({"checkpoint": str(ke_trained[0])} if name == "ke" else {}))
+        options = dict(TINY_OPTIONS[name], **checkpoints.get(name, {}))
         settings = Settings(home=tmp_path / "home", model="tiny-random")
         built.append(build_editor(name, settings, tiny, editor_config(name, options), batch_size=8))
         return built[-1]

@@ -3,9 +3,8 @@ import random
 import pytest
 import torch
 
-from baselines.ke_training import KETrainConfig, train_ke
 from baselines.knowledge_editor import (
-    Checkpoint,
+    KE,
     KEConfig,
     KnowledgeEditor,
     build_hypernetwork,
@@ -13,6 +12,8 @@ from baselines.knowledge_editor import (
     edit_gradients,
     edited_parameters,
 )
+from baselines.learned import Checkpoint
+from baselines.training import TrainConfig, train_learned
 from lte.align.data import table_cases
 from lte.editor import Query
 from lte.errors import CheckpointError
@@ -40,7 +41,7 @@ def trained(ke_trained):
 
 def test_trained_hypernetwork_raises_held_out_targets_and_restores_exactly(tiny, trained):
     path, held_out = trained
-    editor = KnowledgeEditor(tiny, Checkpoint.load(path))
+    editor = KnowledgeEditor(tiny, Checkpoint.load(path, KEConfig))
     weights = {n: p.detach().clone() for n, p in editor.params.items()}
     gains = []
     for case in held_out[:5]:
@@ -51,7 +52,7 @@ def test_trained_hypernetwork_raises_held_out_targets_and_restores_exactly(tiny,
         editor.restore()
         assert all(torch.equal(p, weights[n]) for n, p in editor.params.items())
     assert sum(gains) / len(gains) > 0
-    assert len(Checkpoint.load(path).curve) == 2
+    assert len(Checkpoint.load(path, KEConfig).curve) == 2
 
 
 def test_training_resumes_from_its_checkpoint(tiny, trained, tmp_path):
@@ -62,8 +63,8 @@ def test_training_resumes_from_its_checkpoint(tiny, trained, tmp_path):
     shutil.copy(path, copy)
     shutil.copy(path.with_suffix(".train.pt"), copy.with_suffix(".train.pt"))
     cases = table_cases(120, random.Random(1))
-    resumed = train_ke(tiny, cases[10:], held_out, copy, cfg=KETrainConfig(steps=45, eval_every=20, save_every=20,
-                                                                            dev_cases=10), progress=False)
+    resumed = train_learned(KE, tiny, cases[10:], held_out, copy,
+                            cfg=TrainConfig(steps=45, eval_every=20, save_every=20, dev_cases=10), progress=False)
     assert resumed.step == 45 and [p["step"] for p in resumed.curve] == [20, 40, 45]
 
 

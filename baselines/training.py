@@ -1,11 +1,13 @@
-"""Training KnowledgeEditor's hypernetwork (`lte train ke`).
+"""Training a learned editor's network (`lte train ke`, `lte train mend`): one loop for every `LearnedMethod`.
 
-Each step takes one training edit: the hypernetwork predicts ΔW from the edit's gradient, and we minimise the new
-target's NLL on the edit prompt and a paraphrase under W + ΔW, subject to KL(base ‖ edited) ≤ margin on unrelated
-prompts (the case's own neighbour prompts, then other cases' prompts). The KL is taken at every position of the base
-model's own first answer tokens, teacher-forced: locality is scored on whole greedy answers, and a constraint on
-the first token alone let later tokens drift (session 2: retain 0.4 on the first token, locality 0.23). The
-constraint is handled with a Lagrange multiplier λ = softplus(ρ), ρ updated by gradient ascent, as in the paper.
+Each step takes one training edit: the network predicts ΔW from the edit (its gradient, or the gradient's
+factors), and we minimise the new target's NLL on the edit prompt and a paraphrase under W + ΔW, subject to
+KL(base ‖ edited) ≤ margin on unrelated prompts (the case's own neighbour prompts, then other cases' prompts).
+The KL is taken at every position of the base model's own first answer tokens, teacher-forced: locality is scored
+on whole greedy answers, and a constraint on the first token alone let later tokens drift (session 2: retain 0.4
+on the first token, locality 0.23). The
+constraint is handled with a Lagrange multiplier λ = softplus(ρ), ρ updated by gradient ascent, as in KE's paper;
+with lambda_lr = 0 the multiplier stays at lambda_init and the loss is MEND's fixed weighting, edit + λ·KL.
 Checkpoints (with the optimiser state and the dev curve) are written every `save_every` steps and a re-run resumes
 from the last one.
 """
@@ -19,27 +21,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.func import functional_call
 from tqdm.auto import tqdm
 
-from baselines.common import rendered, target_batch
-from baselines.knowledge_editor import (
-    Checkpoint,
-    KEConfig,
-    build_hypernetwork,
-    condition_embeddings,
-    edit_gradients,
-    edit_loss,
-    edited_parameters,
-)
+from baselines.common import batch_logits, pair_batch, target_batch, target_nll
+from baselines.learned import Checkpoint, LearnedMethod
 from lte.editor import Query, UneditedEditor
 from lte.models import LoadedModel
 from lte.schema import EditCase
 
 
 @dataclass
-class KETrainConfig:
-    """steps: training edits seen (250: 16.5 min alone on the 2-core machine; the dev curve oscillates between edit
+class TrainConfig:
+    """The defaults are KE's, measured on the default model (a method may change some: `LearnedMethod.train_defaults`).
+    steps: training edits seen (250: 16.5 min alone on the 2-core machine; the dev curve oscillates between edit
     success and retain after that, results/ke-train.txt). lr: hypernetwork Adam rate; clip_norm: its gradient-norm
     clip (single-edit steps are noisy). lambda_init: the multiplier's starting value; lambda_lr: its ascent rate
     (0.1: at 0.01 the multiplier reached only 2.7 in 350 steps and locality stayed at 0.15). margin: allowed mean KL
@@ -65,8 +59,7 @@ def answer_logprobs(loaded: LoadedModel, texts: Sequence[str], answers: Sequence
                     overrides: dict | None = None) -> torch.Tensor:
     """Log-distributions at every position that predicts a token of each rendered text's answer (rows stacked)."""
     batch = target_batch(loaded.tokenizer, texts, answers, loaded.model.device)
-    logits = functional_call(loaded.model, overrides or {}, args=(),
-                             kwargs={"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}).logits
+    logits = batch_logits(loaded, batch, overrides)
     stacked = torch.cat([logits[i, positions] for i, positions in enumerate(batch.target_positions)])
     return torch.log_softmax(stacked.float(), dim=-1)
 
@@ -101,83 +94,85 @@ def retain_kl(loaded: LoadedModel, predictor: UneditedEditor, prompts: Sequence[
     return torch.nn.functional.kl_div(edited, base, log_target=True, reduction="batchmean")
 
 
-def train_ke(loaded: LoadedModel, train: Sequence[EditCase], dev: Sequence[EditCase], path: Path,
-             model_cfg: KEConfig | None = None, cfg: KETrainConfig | None = None, progress: bool = True) -> Checkpoint:
-    cfg = cfg or KETrainConfig()
+def train_learned(method: LearnedMethod, loaded: LoadedModel, train: Sequence[EditCase], dev: Sequence[EditCase],
+                  path: Path, model_cfg=None, cfg: TrainConfig | None = None, progress: bool = True) -> Checkpoint:
+    """Train (or resume, when `path` and its training state exist) `method`'s network; returns the checkpoint."""
+    cfg = cfg or TrainConfig(**method.train_defaults)
     path.parent.mkdir(parents=True, exist_ok=True)
     state_path = path.with_suffix(".train.pt")
-    resumed = Checkpoint.load(path) if path.is_file() and state_path.is_file() else None
-    model_cfg = resumed.config if resumed else (model_cfg or KEConfig())
-    params = edited_parameters(loaded, model_cfg)
-    hyper = build_hypernetwork(loaded, model_cfg)
+    resumable = path.is_file() and state_path.is_file()
+    resumed = Checkpoint.load(path, method.config_class, method.name) if resumable else None
+    model_cfg = resumed.config if resumed else (model_cfg or method.config_class())
+    params = method.edited_parameters(loaded, model_cfg)
+    network = method.build(loaded, model_cfg)
     rho = torch.tensor(math.log(math.expm1(cfg.lambda_init)), requires_grad=True)  # softplus(rho) = lambda_init
-    optimizer = torch.optim.Adam(hyper.parameters(), lr=cfg.lr)
-    checkpoint = resumed or Checkpoint(loaded.spec, model_cfg, {})
+    optimizer = torch.optim.Adam(network.parameters(), lr=cfg.lr)
+    checkpoint = resumed or Checkpoint(loaded.spec, model_cfg, {}, method=method.name)
     if resumed:
         state = torch.load(state_path, weights_only=False)
-        hyper.load_state_dict(state["hyper"])
+        network.load_state_dict(state.get("network", state.get("hyper")))  # "hyper": KE before session 8
         optimizer.load_state_dict(state["optimizer"])
         rho.data.fill_(state["rho"])
     predictor = UneditedEditor(loaded)
     rng = random.Random(cfg.seed + checkpoint.step)
-    for step in tqdm(range(checkpoint.step + 1, cfg.steps + 1), desc="training KE", disable=not progress,
-                     initial=checkpoint.step, total=cfg.steps):
+    for step in tqdm(range(checkpoint.step + 1, cfg.steps + 1), desc=f"training {method.name}",
+                     disable=not progress, initial=checkpoint.step, total=cfg.steps):
+        network.train()
         case = rng.choice(train)
         unrelated = unrelated_prompts(case, train, cfg.unrelated, rng)
-        loss_edit, kl = ke_losses(loaded, hyper, params, predictor, case, unrelated, model_cfg, cfg.retain_tokens)
+        loss_edit, kl = step_losses(method, loaded, network, params, predictor, case, unrelated, model_cfg,
+                                    cfg.retain_tokens)
         multiplier = torch.nn.functional.softplus(rho)
         loss = loss_edit + multiplier * (kl - cfg.margin)
         optimizer.zero_grad()
         rho.grad = None
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(hyper.parameters(), cfg.clip_norm)
+        torch.nn.utils.clip_grad_norm_(network.parameters(), cfg.clip_norm)
         optimizer.step()
         with torch.no_grad():  # ascent on the multiplier: λ grows while the constraint is violated
             rho += cfg.lambda_lr * rho.grad
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            checkpoint.curve.append({"step": step, **dev_scores(loaded, hyper, params, predictor, dev, model_cfg,
-                                                                    cfg.retain_tokens),
+            network.eval()
+            checkpoint.curve.append({"step": step, **dev_scores(method, loaded, network, params, predictor, dev,
+                                                                    model_cfg, cfg.retain_tokens),
                                      "lambda": round(torch.nn.functional.softplus(rho.detach()).item(), 4)})
         if step % cfg.save_every == 0 or step == cfg.steps:
             # The training state first: a checkpoint that exists always has the state to resume it.
-            torch.save({"hyper": hyper.state_dict(), "optimizer": optimizer.state_dict(), "rho": rho.item()},
+            torch.save({"network": network.state_dict(), "optimizer": optimizer.state_dict(), "rho": rho.item()},
                        state_path)
-            checkpoint.step, checkpoint.state = step, hyper.state_dict()
+            checkpoint.step, checkpoint.state = step, network.state_dict()
             checkpoint.save(path)
     return checkpoint
 
 
-def edited_weights(loaded, hyper, params, predictor, edit, model_cfg: KEConfig) -> dict[str, torch.Tensor]:
-    """W + ΔW for each edited matrix, ΔW predicted by the hypernetwork for `edit` (differentiable in it)."""
-    prediction = predictor.generate([Query(edit.prompt)], model_cfg.prediction_tokens)[0]
-    with torch.enable_grad():
-        gradients = edit_gradients(loaded, edit, params)
-    updates = hyper(condition_embeddings(loaded, edit, prediction), gradients)
+def edited_weights(method: LearnedMethod, loaded, network, params, predictor, edit,
+                   model_cfg) -> dict[str, torch.Tensor]:
+    """W + ΔW for each edited matrix, ΔW predicted by the network for `edit` (differentiable in it)."""
+    updates = method.updates(loaded, network, params, predictor, edit, model_cfg)
     return {name: params[name] + delta for name, delta in updates.items()}
 
 
-def ke_losses(loaded, hyper, params, predictor, case: EditCase, unrelated: list[str], model_cfg: KEConfig,
-              retain_tokens: int):
+def step_losses(method: LearnedMethod, loaded, network, params, predictor, case: EditCase, unrelated: list[str],
+                model_cfg, retain_tokens: int):
+    """The new target's NLL on the edit prompt and its first paraphrase under W + ΔW, and the retain KL."""
     edit = case.edit
-    overrides = edited_weights(loaded, hyper, params, predictor, edit, model_cfg)
+    overrides = edited_weights(method, loaded, network, params, predictor, edit, model_cfg)
     prompts = [edit.prompt] + [p.prompt for p in case.paraphrases[:1]]
-    loss_edit = edit_loss(loaded, prompts, edit.target_new, overrides)
+    loss_edit = target_nll(loaded, [(p, edit.target_new) for p in prompts], overrides)
     return loss_edit, retain_kl(loaded, predictor, unrelated, retain_tokens, overrides)
 
 
 @torch.no_grad()
-def dev_scores(loaded, hyper, params, predictor, dev: Sequence[EditCase], model_cfg: KEConfig,
+def dev_scores(method: LearnedMethod, loaded, network, params, predictor, dev: Sequence[EditCase], model_cfg,
                retain_tokens: int) -> dict:
     """Edit success (the target's first token is the top prediction after the edit) and retain (the base model's
     first `retain_tokens` answer tokens to an unrelated prompt stay the greedy choice), each edit applied alone."""
     success, retain = [], []
     for index, case in enumerate(dev):
         edit = case.edit
-        overrides = edited_weights(loaded, hyper, params, predictor, edit, model_cfg)
-        texts, targets = rendered(loaded.tokenizer, [edit.prompt], edit.target_new)
-        batch = target_batch(loaded.tokenizer, texts, targets, loaded.model.device)
-        logits = functional_call(loaded.model, overrides, args=(),
-                                 kwargs={"input_ids": batch.input_ids}).logits
+        overrides = edited_weights(method, loaded, network, params, predictor, edit, model_cfg)
+        batch = pair_batch(loaded, [(edit.prompt, edit.target_new)])
+        logits = batch_logits(loaded, batch, overrides)
         success.append(float(logits[0, batch.target_positions[0][0]].argmax() == batch.target_tokens[0][0]))
         unrelated = [p.prompt for p in case.locality[:1]] or [dev[(index + 1) % len(dev)].edit.prompt]
         texts, answers = base_answers(predictor, unrelated, retain_tokens)

@@ -1,0 +1,101 @@
+import random
+
+import pytest
+import torch
+
+from baselines.common import gradient_factors
+from baselines.knowledge_editor import edit_gradients
+from baselines.learned import Checkpoint
+from baselines.mend import MEND, MENDConfig, MENDEditor, RunningNorm, build_network, edited_parameters
+from baselines.training import TrainConfig, step_losses, train_learned, unrelated_prompts
+from lte.align.data import table_cases
+from lte.editor import Query, UneditedEditor
+from lte.errors import CheckpointError
+from lte.settings import Settings
+
+CFG = MENDConfig(layers=(-2, -1), rank=8, lr_init=0.1)
+
+
+def test_factors_rebuild_the_gradient_exactly(tiny):
+    params = edited_parameters(tiny, CFG)
+    edit = table_cases(1, random.Random(0))[0].edit
+    factors = gradient_factors(tiny, [(edit.prompt, edit.target_new)], params)
+    gradients = edit_gradients(tiny, edit, params)
+    for name, (u, delta) in factors.items():
+        torch.testing.assert_close(delta.T @ u, gradients[name], rtol=1e-4, atol=1e-7)
+
+
+def test_update_rank_is_at_most_the_number_of_tokens(tiny):
+    params = edited_parameters(tiny, CFG)
+    network = build_network(tiny, CFG)
+    torch.nn.init.normal_(network.nets[next(iter(network.nets))].up.weight)  # a non-identity network
+    edit = table_cases(1, random.Random(0))[0].edit
+    factors = gradient_factors(tiny, [(edit.prompt, edit.target_new)], params)
+    for name, delta in network(factors).items():
+        tokens = factors[name][0].shape[0]
+        assert tokens < min(delta.shape)  # otherwise the bound says nothing
+        assert 0 < torch.linalg.matrix_rank(delta.detach()) <= tokens  # float32 tolerance: its rounding is no rank
+
+
+def test_running_norm_matches_the_batch_statistics():
+    norm = RunningNorm(3)
+    data = torch.randn(50, 3) * torch.tensor([1e-4, 1.0, 30.0]) + torch.tensor([0.0, 5.0, -2.0])  # δ-, u-like
+    for chunk in data.split(7):
+        norm(chunk)
+    torch.testing.assert_close(norm.mean, data.mean(0))
+    torch.testing.assert_close(norm.m2 / norm.count, data.var(0, unbiased=False), rtol=1e-4, atol=0)
+    norm.eval()
+    before = norm.count.clone()
+    norm(data)
+    assert torch.equal(norm.count, before)  # frozen at edit time
+
+
+def test_a_training_step_changes_the_network(tiny):
+    params = edited_parameters(tiny, CFG)
+    network = build_network(tiny, CFG)
+    before = {n: p.detach().clone() for n, p in network.named_parameters()}
+    cases = table_cases(20, random.Random(3))
+    optimizer = torch.optim.Adam(network.parameters(), lr=1e-2)
+    loss_edit, kl = step_losses(MEND, tiny, network, params, UneditedEditor(tiny), cases[0],
+                                unrelated_prompts(cases[0], cases, 1, random.Random(0)), CFG, 2)
+    (loss_edit + kl).backward()
+    optimizer.step()
+    changed = {n for n, p in network.named_parameters() if not torch.equal(p, before[n])}
+    assert {"log_lr", *(f"nets.{key}.up.weight" for key in network.nets)} <= changed
+
+
+def test_trained_network_raises_held_out_targets_and_restores_exactly(tiny, mend_trained):
+    path, held_out = mend_trained
+    checkpoint = Checkpoint.load(path, MENDConfig)
+    assert checkpoint.method == "mend" and len(checkpoint.curve) == 2
+    editor = MENDEditor(tiny, checkpoint)
+    weights = {n: p.detach().clone() for n, p in editor.params.items()}
+    gains = []
+    for case in held_out[:5]:
+        query = Query(case.edit.prompt)
+        before = editor.score([query], [case.edit.target_new])[0].mean_logprob
+        editor.apply([case.edit])
+        gains.append(editor.score([query], [case.edit.target_new])[0].mean_logprob - before)
+        editor.restore()
+        assert all(torch.equal(p, weights[n]) for n, p in editor.params.items())
+    assert min(gains) > 0
+
+
+def test_training_resumes_from_its_checkpoint(tiny, mend_trained, tmp_path):
+    import shutil
+
+    path, held_out = mend_trained
+    copy = tmp_path / "mend.pt"
+    shutil.copy(path, copy)
+    shutil.copy(path.with_suffix(".train.pt"), copy.with_suffix(".train.pt"))
+    cfg = TrainConfig(**{**MEND.train_defaults, "steps": 45, "eval_every": 20, "save_every": 20, "dev_cases": 10})
+    resumed = train_learned(MEND, tiny, table_cases(120, random.Random(2))[10:], held_out, copy, cfg=cfg,
+                            progress=False)
+    assert resumed.step == 45 and [p["step"] for p in resumed.curve] == [20, 40, 45]
+
+
+def test_missing_or_foreign_checkpoint_says_what_to_do(tiny, tmp_path, ke_trained):
+    with pytest.raises(CheckpointError, match="lte --model tiny-random train mend"):
+        MENDEditor.from_config(Settings(home=tmp_path), tiny)
+    with pytest.raises(CheckpointError, match="holds a 'ke' network, not 'mend'"):
+        MENDEditor.from_config(Settings(home=tmp_path), tiny, MENDEditor.config_class(str(ke_trained[0])))
