@@ -134,6 +134,7 @@ class LearnedEditor(ModelEditor):
         self.network.load_state_dict(checkpoint.state)
         self.network.eval()
         self.backup = WeightBackup()
+        self.relative_updates: list[float] = []  # ‖ΔW‖ / ‖W‖ over the edited weights, per edit
 
     @classmethod
     def from_config(cls, settings: Settings, loaded: LoadedModel, config: LearnedOptions | None = None,
@@ -153,6 +154,15 @@ class LearnedEditor(ModelEditor):
             for name, delta in updates.items():
                 self.backup.save(self.params[name])
                 self.params[name].add_(delta.to(self.params[name].dtype))
+            self.relative_updates.append(float(sum(d.norm() for d in updates.values())
+                                               / sum(self.params[n].norm() for n in updates)))
+
+    def stats(self) -> dict:
+        if not self.relative_updates:
+            return {}
+        return {"edits": len(self.relative_updates),
+                "update_rel_norm": round(sum(self.relative_updates) / len(self.relative_updates), 6)}
 
     def restore(self) -> None:
         self.backup.restore()
+        self.relative_updates = []

@@ -1,17 +1,13 @@
 import random
 
-import pytest
 import torch
 
 from baselines.common import gradient_factors
 from baselines.knowledge_editor import edit_gradients
-from baselines.learned import Checkpoint
-from baselines.mend import MEND, MENDConfig, MENDEditor, RunningNorm, build_network, edited_parameters
-from baselines.training import TrainConfig, step_losses, train_learned, unrelated_prompts
+from baselines.mend import MEND, MENDConfig, RunningNorm, build_network, edited_parameters
+from baselines.training import step_losses, unrelated_prompts
 from lte.align.data import table_cases
-from lte.editor import Query, UneditedEditor
-from lte.errors import CheckpointError
-from lte.settings import Settings
+from lte.editor import UneditedEditor
 
 CFG = MENDConfig(layers=(-2, -1), rank=8, lr_init=0.1)
 
@@ -62,40 +58,3 @@ def test_a_training_step_changes_the_network(tiny):
     optimizer.step()
     changed = {n for n, p in network.named_parameters() if not torch.equal(p, before[n])}
     assert {"log_lr", *(f"nets.{key}.up.weight" for key in network.nets)} <= changed
-
-
-def test_trained_network_raises_held_out_targets_and_restores_exactly(tiny, mend_trained):
-    path, held_out = mend_trained
-    checkpoint = Checkpoint.load(path, MENDConfig)
-    assert checkpoint.method == "mend" and len(checkpoint.curve) == 2
-    editor = MENDEditor(tiny, checkpoint)
-    weights = {n: p.detach().clone() for n, p in editor.params.items()}
-    gains = []
-    for case in held_out[:5]:
-        query = Query(case.edit.prompt)
-        before = editor.score([query], [case.edit.target_new])[0].mean_logprob
-        editor.apply([case.edit])
-        gains.append(editor.score([query], [case.edit.target_new])[0].mean_logprob - before)
-        editor.restore()
-        assert all(torch.equal(p, weights[n]) for n, p in editor.params.items())
-    assert min(gains) > 0
-
-
-def test_training_resumes_from_its_checkpoint(tiny, mend_trained, tmp_path):
-    import shutil
-
-    path, held_out = mend_trained
-    copy = tmp_path / "mend.pt"
-    shutil.copy(path, copy)
-    shutil.copy(path.with_suffix(".train.pt"), copy.with_suffix(".train.pt"))
-    cfg = TrainConfig(**{**MEND.train_defaults, "steps": 45, "eval_every": 20, "save_every": 20, "dev_cases": 10})
-    resumed = train_learned(MEND, tiny, table_cases(120, random.Random(2))[10:], held_out, copy, cfg=cfg,
-                            progress=False)
-    assert resumed.step == 45 and [p["step"] for p in resumed.curve] == [20, 40, 45]
-
-
-def test_missing_or_foreign_checkpoint_says_what_to_do(tiny, tmp_path, ke_trained):
-    with pytest.raises(CheckpointError, match="lte --model tiny-random train mend"):
-        MENDEditor.from_config(Settings(home=tmp_path), tiny)
-    with pytest.raises(CheckpointError, match="holds a 'ke' network, not 'mend'"):
-        MENDEditor.from_config(Settings(home=tmp_path), tiny, MENDEditor.config_class(str(ke_trained[0])))
