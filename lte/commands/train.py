@@ -19,7 +19,7 @@ def register(commands) -> None:
     sub = parser.add_subparsers(title="editors", metavar="EDITOR")
     for name, (_, help_text) in METHODS.items():
         method = sub.add_parser(name, help=help_text,
-                                description=f"Train {help_text} on training-split edit cases; resumable (re-run "
+                                description=f"Train the {help_text} on training-split edit cases; resumable (re-run "
                                 "the same command). Without --data it trains on counterfactual edits sampled from "
                                 "lte's shipped tables.")
         method.add_argument("--data", nargs="+", default=[], metavar="FILE",
