@@ -297,3 +297,29 @@ class WeightBackup:
 
     def __bool__(self) -> bool:
         return bool(self._saved)
+
+
+class ForwardInputs:
+    """Records the token ids and attention mask of the forward pass being run (a pre-hook on the whole model), so
+    that hooks deeper in the model can leave padding out of per-sequence statistics or find tokens by id. With a
+    key/value cache (generation, prefix-cached batches) the mask covers the cached tokens too: `mask` returns the
+    columns of the tokens being run."""
+
+    def __init__(self, model: nn.Module):
+        self.input_ids: torch.Tensor | None = None
+        self.attention_mask: torch.Tensor | None = None
+        self.handle = model.register_forward_pre_hook(self._read, with_kwargs=True)
+
+    def _read(self, module, args, kwargs) -> None:
+        self.input_ids = kwargs.get("input_ids", args[0] if args else None)
+        self.attention_mask = kwargs.get("attention_mask")
+
+    def mask(self, rows: int, tokens: int, device: torch.device) -> torch.Tensor:
+        """(rows × tokens) bool: True for real tokens of the forward being run."""
+        mask = self.attention_mask
+        if mask is None or mask.dim() != 2 or mask.shape[0] != rows or mask.shape[1] < tokens:
+            return torch.ones(rows, tokens, dtype=torch.bool, device=device)
+        return mask[:, -tokens:].bool().to(device)
+
+    def remove(self) -> None:
+        self.handle.remove()

@@ -16,7 +16,10 @@ Prompts are rendered by `lte.prompting`, as every editor's are; prefixes and cov
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +60,8 @@ class LocateConfig:
     (MEMIT's form). clamp_norm: ‖δ‖ ≤ clamp_norm·‖h‖ (MEMIT's 0.75 of the residual's norm).
     z_chunk: edits whose δ are optimised together in one forward (memory grows with it; 16 edits are ~110 rows).
     cov_tokens, corpus, seed: the covariance statistics (see ROMEConfig; the same cache).
+    cache_targets: keep the targets computed on the unedited model (the first batch after a restore) in
+    HOME/stats/<model>/targets-<settings>.pt and reuse them (see `unedited_targets`).
     """
 
     layers: tuple[int, ...] = (3, 4, 5, 6, 7)
@@ -72,6 +77,7 @@ class LocateConfig:
     cov_tokens: int = 20000
     corpus: tuple[str, ...] = ()
     seed: int = 0
+    cache_targets: bool = True
 
 
 @dataclass
@@ -158,14 +164,49 @@ def residuals_at(loaded: LoadedModel, layer: int, edits: Sequence[Edit]) -> torc
 # ---------------------------------------------------------------- 1. targets
 
 def target_residuals(loaded: LoadedModel, edits: Sequence[Edit], prefixes: Sequence[str],
-                     cfg: LocateConfig) -> tuple[torch.Tensor, float]:
-    """Z (n × d) at the last edited layer, and the mean final target NLL; δ optimised `z_chunk` edits at a time."""
+                     cfg: LocateConfig) -> tuple[torch.Tensor, list[float]]:
+    """Z (n × d) at the last edited layer, and each edit's final target NLL; δ optimised `z_chunk` edits at a time."""
     targets, nlls = [], []
     for start in range(0, len(edits), cfg.z_chunk):
         z, nll = chunk_targets(loaded, edits[start:start + cfg.z_chunk], prefixes, cfg)
         targets.append(z)
         nlls += nll
-    return torch.cat(targets), sum(nlls) / len(nlls)
+    return torch.cat(targets), nlls
+
+
+# What a target depends on besides the model and the edit (the layer it lives at is added).
+TARGET_FIELDS = ("prefixes", "prefix_tokens", "v_steps", "v_lr", "early_stop_nll", "kl_factor", "weight_decay",
+                 "clamp_norm", "z_chunk")
+
+
+def targets_path(loaded: LoadedModel, cfg: LocateConfig, home: Path) -> Path:
+    settings = {name: getattr(cfg, name) for name in TARGET_FIELDS} | {"layer": cfg.layers[-1]}
+    key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    model = hashlib.sha1(loaded.spec.encode()).hexdigest()[:10]
+    return home / "stats" / f"{Path(loaded.spec).name}-{model}" / f"targets-{key}.pt"
+
+
+def edit_key(edit: Edit) -> str:
+    return hashlib.sha1(f"{edit.subject}\0{edit.prompt}\0{edit.target_new}".encode()).hexdigest()[:16]
+
+
+def unedited_targets(loaded: LoadedModel, edits: Sequence[Edit], prefixes: Sequence[str], cfg: LocateConfig,
+                     home: Path) -> tuple[torch.Tensor, list[float]]:
+    """`target_residuals` on the unedited model, through a per-edit cache next to the covariances: a target there
+    depends only on the model, the edit and the optimisation's settings, so runs that differ only in the solve
+    (MEMIT's λ, AlphaEdit's null space) or re-run a cell optimise each δ once."""
+    path = targets_path(loaded, cfg, home)
+    cache: dict[str, tuple[torch.Tensor, float]] = torch.load(path) if path.is_file() else {}
+    missing = list({edit_key(e): e for e in edits if edit_key(e) not in cache}.values())
+    if missing:
+        z, nlls = target_residuals(loaded, missing, prefixes, cfg)
+        cache.update({edit_key(e): (row.detach().cpu(), nll) for e, row, nll in zip(missing, z, nlls)})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        torch.save(cache, partial)
+        os.replace(partial, path)  # never a half-written cache
+    rows = [cache[edit_key(e)] for e in edits]
+    return torch.stack([z for z, _ in rows]).to(loaded.model.device), [nll for _, nll in rows]
 
 
 def chunk_targets(loaded: LoadedModel, edits: Sequence[Edit], prefixes: Sequence[str],
@@ -317,6 +358,12 @@ class LocateEditor(ModelEditor):
         """ΔW (d × f, float64) for keys K (f × n) and residuals R (d × n), both float64."""
         raise NotImplementedError
 
+    def write(self, layer: int, update: torch.Tensor) -> None:
+        """Put ΔW into the model: W += ΔW in place (CoachHooK writes into its hook copy instead)."""
+        projection = mlp_projection(self.loaded.model, layer)
+        self.backup.save(projection.weight)
+        projection.add_matrix(update)
+
     def after_batch(self, edits: Sequence[Edit]) -> None:
         """Hook for methods that remember earlier batches (AlphaEdit's accumulated keys)."""
 
@@ -325,20 +372,22 @@ class LocateEditor(ModelEditor):
             self.log.append(self.edit_batch(list(edits)))
 
     def edit_batch(self, edits: list[Edit]) -> BatchLog:
-        targets, nll = target_residuals(self.loaded, edits, self.prefixes, self.cfg)
-        entry = BatchLog(len(edits), nll)
+        if self.cfg.cache_targets and not self.log:  # the model is still unedited: a cached target holds
+            targets, nlls = unedited_targets(self.loaded, edits, self.prefixes, self.cfg, self.home)
+        else:
+            targets, nlls = target_residuals(self.loaded, edits, self.prefixes, self.cfg)
+        entry = BatchLog(len(edits), sum(nlls) / len(nlls))
         for done, layer in enumerate(self.cfg.layers):
             keys = layer_keys(self.loaded, layer, edits, self.prefixes).double().T
             current = residuals_at(self.loaded, self.cfg.layers[-1], edits)
             residual = ((targets - current) / (len(self.cfg.layers) - done)).double().T
             update = self.solve(layer, keys, residual)
-            projection = mlp_projection(self.loaded.model, layer)
-            self.backup.save(projection.weight)
-            projection.add_matrix(update)
+            self.write(layer, update)
             entry.update_norm[layer] = round(float(update.norm()), 4)
             entry.update_rank[layer] = int(torch.linalg.matrix_rank(update.float()))
         self.after_batch(edits)
-        log.info("%s: %d edits, target NLL %.3f, ‖ΔW‖ per layer %s", self.name, len(edits), nll, entry.update_norm)
+        log.info("%s: %d edits, target NLL %.3f, ‖ΔW‖ per layer %s", self.name, len(edits), entry.z_nll,
+                 entry.update_norm)
         return entry
 
     def stats(self) -> dict:

@@ -31,9 +31,10 @@ TINY_OPTIONS = {
     "grace": {"layer": 2, "value_steps": 40},
     "ke": {},  # checkpoint: the tiny one trained by the `ke_trained` fixture
     "ft": {"layers": [1, 2], "steps": 10, "lr": 0.01, "norm_bound": 0.05},
+    "memoe": {"layer": 1, "steps": 15, "lr": 0.02, "retain_texts": 2, "retain_tokens": 4},
     "mend": {},  # checkpoint: the tiny one trained by the `mend_trained` fixture
     **{name: {"layers": [1, 2], "cov_tokens": 600, "prefixes": 2, "prefix_tokens": 4, "v_steps": 10}
-       for name in ("memit", "emmet", "alphaedit")},
+       for name in ("memit", "emmet", "alphaedit", "coachhook")},
 }
 NO_EFFECT = {"none", "context"}  # apply changes nothing by design
 ORACLES = {"context"}  # reads Query.case_edits
@@ -43,7 +44,7 @@ ORACLES = {"context"}  # reads Query.case_edits
 # - through the residual stream at the subject (memit, emmet, alphaedit): on the tiny model a target residual of norm
 #   19 moves the target's NLL only from 6.09 to 6.05 (attention there is near uniform, so the subject's position
 #   barely reaches the answer's); the raise on the default model is tested in test_locate.py (slow).
-RAISE_SHOWN_ELSEWHERE = {"lte", "lte-unaligned", "memit", "emmet", "alphaedit"}
+RAISE_SHOWN_ELSEWHERE = {"lte", "lte-unaligned", "memit", "emmet", "alphaedit", "coachhook"}
 
 EDITS = [
     Edit(subject="The Space Needle", prompt="The Space Needle is located in", target_new="Goa", target_true="Seattle"),

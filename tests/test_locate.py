@@ -95,6 +95,36 @@ def test_a_batch_update_has_rank_at_most_the_batch_at_every_layer(tiny, tmp_path
                for layer in (1, 2))
 
 
+def test_targets_on_the_unedited_model_are_cached_and_a_solve_change_reuses_them(tiny, tmp_path, monkeypatch):
+    from baselines import locate
+    from baselines.memit import MEMITConfig, MEMITEditor
+
+    options = dict(layers=(1, 2), cov_tokens=600, prefixes=2, prefix_tokens=4, v_steps=3)
+    first = MEMITEditor(tiny, MEMITConfig(**options), home=tmp_path)
+    first.apply(EDITS)
+    updated = first.loaded.model.model.layers[2].mlp.down_proj.weight.detach().clone()
+    first.restore()
+    assert locate.targets_path(tiny, first.cfg, tmp_path).is_file()
+    optimised: list[int] = []
+    real = locate.target_residuals
+    monkeypatch.setattr(locate, "target_residuals", lambda loaded, edits, *a: optimised.append(len(edits))
+                        or real(loaded, edits, *a))
+    again = MEMITEditor(tiny, MEMITConfig(**options), home=tmp_path)
+    again.apply(EDITS)  # cached: no δ optimised, the same update
+    assert optimised == [] and torch.equal(again.loaded.model.model.layers[2].mlp.down_proj.weight, updated)
+    again.apply(EDITS[:1])  # the model is edited now: its targets are optimised afresh
+    assert optimised == [1]
+    again.restore()
+    other = MEMITEditor(tiny, MEMITConfig(**options, mom2_weight=10.0), home=tmp_path)  # another solve, same targets
+    other.apply(EDITS)
+    other.restore()
+    assert optimised == [1]
+    moved = MEMITEditor(tiny, MEMITConfig(**options | {"v_steps": 4}), home=tmp_path)  # another optimisation
+    moved.apply(EDITS)
+    moved.restore()
+    assert optimised == [1, 2]
+
+
 @pytest.fixture(scope="module")
 def statistics_home(tmp_path_factory):
     """One cache for the three solvers: the covariance statistics are estimated once."""
