@@ -118,9 +118,10 @@ class StopForward(Exception):
     """Raised by a hook to end a forward pass once the block that is read has run."""
 
 
-def run_rows(loaded: LoadedModel, texts: Sequence[str], last_layer: int) -> None:
+def run_rows(loaded: LoadedModel, texts: Sequence[str], last_layer: int, grad: bool = False) -> None:
     """One right-padded forward over rendered texts, ended after block `last_layer` (hooks read what they need;
-    nothing later is read, and skipping it made reading the keys of layers 3-7 five times cheaper)."""
+    nothing later is read, and skipping it made reading the keys of layers 3-7 five times cheaper). `grad`: keep
+    the graph (for what hooks compute from trainable weights)."""
     batch = loaded.tokenizer(list(texts), add_special_tokens=False, padding=True, padding_side="right",
                              return_tensors="pt").to(loaded.model.device)
 
@@ -129,7 +130,7 @@ def run_rows(loaded: LoadedModel, texts: Sequence[str], last_layer: int) -> None
 
     handle = decoder_layers(loaded.model)[last_layer].register_forward_hook(stop)
     try:
-        with torch.no_grad():
+        with torch.set_grad_enabled(grad):
             loaded.model(**batch)
     except StopForward:
         pass

@@ -9,13 +9,14 @@ that questions about one subject share part of their router input and reach the 
 public; the choices the paper leaves open here are ours, hence "MEMoE-style":
 - the named entity is found without an NER model: the longest subject of an edit applied so far whose tokens occur in
   the input; an input naming none takes the mean embedding of its own tokens (the anchor is fixed at a sequence's
-  first forward and kept while generation continues it);
+  first forward and kept while generation continues it), or, with `unanchored="skip"`, reaches no expert;
 - routing is per token (causal: a teacher-forced target never changes the routing of the prompt before it);
 - experts are rank-r products Bₑ Aₑ with B zero-initialised (an untrained adaptor changes nothing);
 - per batch: Adam on the adaptor (experts and router) for `steps`, loss = the edits' target NLL + `retain_weight` ×
-  KL to the unedited model of the first answer token after neutral model-written sentences rendered as prompts
-  (every scored question is a chat-rendered prompt, and the adaptor acts on all of its tokens). Later batches keep
-  training the same adaptor (MEMoE; LEMoE's frozen per-batch experts are not built).
+  KL to the unedited model of the first answer token after neutral model-written sentences rendered as prompts +
+  `silence_weight` × the adaptor's output energy on those prompts' tokens (every scored question is a chat-rendered
+  prompt, and the adaptor acts on all of its tokens). Later batches keep training the same adaptor (MEMoE;
+  LEMoE's frozen per-batch experts are not built).
 The layer and the loss weights were picked with a small sweep (results/memoe-sweep.txt).
 """
 
@@ -30,6 +31,7 @@ import torch
 from torch import nn
 
 from baselines.common import ForwardInputs, decoder_layers, frozen_parameters, mlp_projection, target_nll
+from baselines.locate import run_rows
 from baselines.statistics import sample_prefixes
 from lte import prompting
 from lte.editor import ModelEditor
@@ -45,9 +47,12 @@ log = logging.getLogger(__name__)
 class MEMoEConfig:
     """layer: the MLP output projection the adaptor sits beside. experts, top_k, rank: the mixture (the paper's
     single layer, a few experts, top-1; rank keeps each expert small). scale: λ above. anchor_weight: w above, how
-    much the anchor counts against the token in routing. steps, lr: Adam per batch of edits. retain_weight,
-    retain_texts, retain_tokens: the KL term's neutral prompts (8 openings, 24 tokens each). seed: the
-    adaptor's initialisation."""
+    much the anchor counts against the token in routing. unanchored: what an input naming no edited subject gets —
+    "route" (the paper: every input reaches an expert, its anchor being the mean of its own token embeddings) or
+    "skip" (ours: no expert, the model's own output). steps, lr: Adam per batch of edits. retain_weight: KL to the
+    unedited model of the first answer token after neutral prompts; silence_weight: the adaptor's output energy on
+    their tokens relative to the projection's own (cheap: the forward stops at the layer); retain_texts,
+    retain_tokens: those prompts (model-written sentences, 8 openings × 24 tokens). seed: the initialisation."""
 
     layer: int = 10
     experts: int = 4
@@ -55,12 +60,18 @@ class MEMoEConfig:
     rank: int = 16
     scale: float = 1.0
     anchor_weight: float = 2.0
+    unanchored: str = "route"
     steps: int = 40
     lr: float = 2e-3
     retain_weight: float = 1.0
+    silence_weight: float = 1.0
     retain_texts: int = 8
     retain_tokens: int = 24
     seed: int = 0
+
+    def __post_init__(self):
+        if self.unanchored not in ("route", "skip"):
+            raise ValueError(f"unanchored must be 'route' or 'skip', got {self.unanchored!r}")
 
 
 class MoEAdaptor(nn.Module):
@@ -109,6 +120,7 @@ class Anchors:
         self.inputs = ForwardInputs(loaded.model)
         self.subjects: list[list[int]] = []  # token ids of every subject form, longest first
         self.current: torch.Tensor | None = None
+        self.found: torch.Tensor | None = None  # per row: whether a known subject was found
         self.handle = loaded.model.register_forward_pre_hook(self._find, with_kwargs=True)
 
     def add_subjects(self, subjects: Sequence[str]) -> None:
@@ -126,17 +138,18 @@ class Anchors:
             return
         mask = self.inputs.mask(ids.shape[0], ids.shape[1], ids.device)
         embeddings = self.loaded.model.get_input_embeddings()(ids).detach()
-        anchors = []
+        anchors, found = [], []
         for row in range(ids.shape[0]):
             tokens = ids[row][mask[row]].tolist()
             chosen = embeddings[row][mask[row]]
             anchors.append(chosen.mean(0))
+            found.append(False)
             for subject in self.subjects:  # longest first
                 start = find_span(tokens, subject)
                 if start >= 0:
-                    anchors[-1] = chosen[start:start + len(subject)].mean(0)
+                    anchors[-1], found[-1] = chosen[start:start + len(subject)].mean(0), True
                     break
-        self.current = torch.stack(anchors)
+        self.current, self.found = torch.stack(anchors), torch.tensor(found, device=ids.device)
 
     def remove(self) -> None:
         self.handle.remove()
@@ -162,6 +175,7 @@ class MEMoEEditor(ModelEditor):
         self.anchors: Anchors | None = None
         self._handle = None
         self._retain: tuple[list[str], torch.Tensor] | None = None
+        self.last_bypass: tuple[torch.Tensor, torch.Tensor] | None = None
         self.log: list[dict] = []
 
     @classmethod
@@ -176,9 +190,17 @@ class MEMoEEditor(ModelEditor):
             anchor_dim = self.loaded.model.get_input_embeddings().weight.shape[1]
             self.adaptor = MoEAdaptor(in_dim, out_dim, anchor_dim, self.cfg).to(projection.weight.device)
             self.anchors = Anchors(self.loaded)
-            self._handle = projection.module.register_forward_hook(
-                lambda module, args, output: output + self.adaptor(args[0], self.anchors.current).to(output.dtype))
+            self._handle = projection.module.register_forward_hook(self.bypass)
         return self.adaptor
+
+    def bypass(self, module, args, output):
+        """The projection's output plus the experts' (rows without an anchor skip them with unanchored='skip');
+        the added part is kept in `last_bypass` (with its base output) for the silence loss."""
+        added = self.adaptor(args[0], self.anchors.current).to(output.dtype)
+        if self.cfg.unanchored == "skip":
+            added = added * self.anchors.found[:, None, None].to(added.dtype)
+        self.last_bypass = (added, output)
+        return output + added
 
     def retain_set(self) -> tuple[list[str], torch.Tensor]:
         """Neutral model-written sentences rendered as the harness renders a prompt (the form every scored question
@@ -191,19 +213,24 @@ class MEMoEEditor(ModelEditor):
         return self._retain
 
     def next_token_logprobs(self, texts: Sequence[str]) -> torch.Tensor:
-        """(texts × vocabulary): the distribution of the token after each text (where the answer begins)."""
+        """(texts × vocabulary): the distribution of the token after each text (where an answer begins)."""
         batch = self.loaded.tokenizer(list(texts), add_special_tokens=False, padding=True, padding_side="left",
                                       return_tensors="pt").to(self.loaded.model.device)
-        if "logits_to_keep" in inspect.signature(self.loaded.model.forward).parameters:
-            logits = self.loaded.model(**batch, logits_to_keep=1).logits[:, -1]
-        else:
-            logits = self.loaded.model(**batch).logits[:, -1]
-        return torch.log_softmax(logits.float(), -1)
+        keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(self.loaded.model.forward).parameters \
+            else {}
+        return torch.log_softmax(self.loaded.model(**batch, **keep).logits[:, -1].float(), -1)
 
-    def retain_kl(self) -> torch.Tensor:
-        """Mean over the neutral prompts of KL(unedited ‖ edited) of the answer's first token."""
+    def retain_losses(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """KL(unedited ‖ edited) of the first answer token after the neutral prompts, and the adaptor's output
+        energy on all their real tokens relative to the projection's own (a forward that stops at the layer)."""
         texts, reference = self.retain_set()
-        return (reference.exp() * (reference - self.next_token_logprobs(texts))).sum(-1).mean()
+        kl = (reference.exp() * (reference - self.next_token_logprobs(texts))).sum(-1).mean()
+        if not self.cfg.silence_weight:
+            return kl, torch.zeros(())
+        run_rows(self.loaded, texts, self.cfg.layer, grad=True)
+        added, own = self.last_bypass
+        mask = self.anchors.inputs.mask(added.shape[0], added.shape[1], added.device)
+        return kl, added[mask].pow(2).sum(-1).mean() / own[mask].pow(2).sum(-1).mean().detach()
 
     def route(self, prompts: Sequence[str]) -> list[int]:
         """The expert with the largest gate at the last token of each prompt (rendered as the harness renders it)."""
@@ -231,18 +258,19 @@ class MEMoEEditor(ModelEditor):
         optimizer = torch.optim.Adam(adaptor.parameters(), lr=self.cfg.lr)
         with frozen_parameters(self.loaded.model), torch.enable_grad():
             for _ in range(self.cfg.steps):
-                nll, kl = target_nll(self.loaded, pairs), self.retain_kl()
+                nll = target_nll(self.loaded, pairs)
+                kl, silence = self.retain_losses()
                 optimizer.zero_grad()
-                (nll + self.cfg.retain_weight * kl).backward()
+                (nll + self.cfg.retain_weight * kl + self.cfg.silence_weight * silence).backward()
                 optimizer.step()
-        nll, kl = float(nll.detach()), float(kl.detach())
-        self.log.append({"edits": len(edits), "nll": round(nll, 4), "kl": round(kl, 4)})
-        log.info("memoe: %d edits, target NLL %.3f, retain KL %.4f", len(edits), nll, kl)
+        nll, kl, silence = (float(x.detach()) for x in (nll, kl, silence))
+        self.log.append({"edits": len(edits), "nll": round(nll, 4), "kl": round(kl, 4), "silence": round(silence, 5)})
+        log.info("memoe: %d edits, target NLL %.3f, retain KL %.4f, silence %.5f", len(edits), nll, kl, silence)
 
     def stats(self) -> dict:
         if not self.log:
             return {}
-        return {"batches": len(self.log), "nll": self.log[-1]["nll"], "kl": self.log[-1]["kl"],
+        return {"batches": len(self.log), **{k: self.log[-1][k] for k in ("nll", "kl", "silence")},
                 "adaptor_parameters": sum(p.numel() for p in self.adaptor.parameters())}
 
     def restore(self) -> None:
