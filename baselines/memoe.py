@@ -17,7 +17,9 @@ public; the choices the paper leaves open here are ours, hence "MEMoE-style":
   `silence_weight` × the adaptor's output energy on those prompts' tokens (every scored question is a chat-rendered
   prompt, and the adaptor acts on all of its tokens). Later batches keep training the same adaptor (MEMoE;
   LEMoE's frozen per-batch experts are not built).
-The layer and the loss weights were picked with a small sweep (results/memoe-sweep.txt).
+The loss terms, the handling of unanchored inputs, steps and learning rate were picked with a small sweep
+(results/memoe-sweep.txt); the layer (10 of 30, mid-depth), 4 experts, top-1 and rank 16 were not swept: the sweep
+stopped once it showed the retain loss, not the layer, deciding locality.
 """
 
 from __future__ import annotations
