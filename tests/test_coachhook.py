@@ -11,16 +11,11 @@ from torch import nn
 from baselines.coachhook import CoachHooKConfig, CoachHooKEditor, ScopedHook, within_sequence_zscore
 from baselines.common import ForwardInputs
 from lte.schema import Edit
+from tests.test_editor_contract import EDITS as CONTRACT_EDITS
 
 TINY = dict(layers=(1, 2), cov_tokens=600, prefixes=2, prefix_tokens=4, v_steps=10)
-EDITS = [
-    Edit(subject="The Space Needle", prompt="The Space Needle is located in", target_new="Goa", target_true="Seattle"),
-    Edit(subject="Danielle Darrieux", prompt="The mother tongue of Danielle Darrieux is", target_new="Japanese",
-         target_true="French"),
-    Edit(subject="Michel Rocard", prompt="Michel Rocard is a native speaker of", target_new="German",
-         target_true="French"),
-    Edit(subject="Toyota", prompt="Toyota is owned by", target_new="BMW", target_true="Toyota Group"),
-]
+EDITS = [*CONTRACT_EDITS, Edit(subject="Toyota", prompt="Toyota is owned by", target_new="BMW",
+                               target_true="Toyota Group")]
 
 
 def test_zscores_ignore_padding_and_cannot_fire_in_one_token_rows():
