@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import inspect
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lte import prompting
 from lte.errors import EditorUnavailableError, InputError
-from lte.scoring import target_ids
+from lte.scoring import kept_logits, target_ids
 
 
 def decoder_layers(model: PreTrainedModel) -> nn.ModuleList:
@@ -150,9 +149,7 @@ class PrefixCachedBatch:
         cache = copy.deepcopy(self.prefix_cache)  # the forward appends to it; each step starts from the prefix
         inputs = dict(input_ids=self.suffix_ids, attention_mask=self.attention_mask, position_ids=self.position_ids,
                       past_key_values=cache, use_cache=cache is not None)
-        if "logits_to_keep" in inspect.signature(model.forward).parameters:
-            return model(**inputs, logits_to_keep=self.kept).logits
-        return model(**inputs).logits[:, self.kept]
+        return kept_logits(model, self.kept, **inputs)
 
     def select(self, rows: torch.Tensor) -> PrefixCachedBatch:
         """The same batch restricted to `rows` (e.g. the edits still optimising)."""

@@ -24,7 +24,6 @@ stopped once it showed the retain loss, not the layer, deciding locality.
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from lte.editor import ModelEditor
 from lte.errors import ConfigError
 from lte.models import LoadedModel
 from lte.schema import Edit
+from lte.scoring import kept_logits
 from lte.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -220,9 +220,7 @@ class MEMoEEditor(ModelEditor):
         """(texts × vocabulary): the distribution of the token after each text (where an answer begins)."""
         batch = self.loaded.tokenizer(list(texts), add_special_tokens=False, padding=True, padding_side="left",
                                       return_tensors="pt").to(self.loaded.model.device)
-        keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(self.loaded.model.forward).parameters \
-            else {}
-        return torch.log_softmax(self.loaded.model(**batch, **keep).logits[:, -1].float(), -1)
+        return torch.log_softmax(kept_logits(self.loaded.model, 1, **batch)[:, -1].float(), -1)
 
     def retain_losses(self) -> tuple[torch.Tensor, torch.Tensor]:
         """KL(unedited ‖ edited) of the first answer token after the neutral prompts, and the adaptor's output

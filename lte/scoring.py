@@ -53,13 +53,21 @@ def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
 
 
+def kept_logits(model: PreTrainedModel, keep: int | torch.Tensor, **inputs) -> torch.Tensor:
+    """The logits of the last `keep` positions (an int) or of the positions in `keep` (an index tensor). Where the
+    model takes `logits_to_keep` the vocabulary projection runs only there (most of a small model's logits cost)."""
+    if "logits_to_keep" in inspect.signature(model.forward).parameters:
+        return model(**inputs, logits_to_keep=keep).logits
+    logits = model(**inputs).logits
+    return logits[:, -keep:] if isinstance(keep, int) else logits[:, keep]
+
+
 class ModelRunner:
     """Runs a model on rendered prompts, batching similar lengths together; results come back in input order.
     Scoring pads on the right, generation on the left."""
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int = 16):
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
-        self._forward_parameters = set(inspect.signature(model.forward).parameters)
 
     @property
     def device(self) -> torch.device:
@@ -97,10 +105,7 @@ class ModelRunner:
 
     def _logits(self, input_ids: torch.Tensor, mask: torch.Tensor, first: int) -> torch.Tensor:
         """Logits for positions first..end."""
-        if "logits_to_keep" in self._forward_parameters:
-            return self.model(input_ids=input_ids, attention_mask=mask,
-                              logits_to_keep=input_ids.shape[1] - first).logits
-        return self.model(input_ids=input_ids, attention_mask=mask).logits[:, first:]
+        return kept_logits(self.model, input_ids.shape[1] - first, input_ids=input_ids, attention_mask=mask)
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
