@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from transformers import PreTrainedTokenizerBase
+
 from lte import prompting
 from lte.editor import ModelEditor, Query
 from lte.errors import ConfigError, InputFileError
@@ -65,8 +67,7 @@ class LTEEditor(ModelEditor):
     def __init__(self, loaded: LoadedModel, store: EditStore, k: int = 3, batch_size: int = 16,
                  unedited: LoadedModel | None = None, hops: int = 1):
         super().__init__(loaded, batch_size)
-        LTEConfig(k=k, hops=hops)  # the same checks as from --set
-        self.store, self.k, self.hops = store, k, hops
+        self.retrieval = EditRetrieval(store, loaded.tokenizer, k, hops)
         self.unedited = unedited
         self.unedited_runner = ModelRunner(unedited.model, unedited.tokenizer, batch_size) if unedited else None
         self._added: list[str] = []
@@ -78,14 +79,7 @@ class LTEEditor(ModelEditor):
         """private_store: a fresh in-memory edit set (evaluation), never the user's store; otherwise the store
         named by the settings. gate: a `Gate` object, over config.gate (a path)."""
         config = config or LTEConfig()
-        gate = gate or (load_gate(config.gate) if config.gate else None)
-        if private_store:
-            store = EditStore(open_client(), f"eval-{uuid.uuid4().hex[:12]}", gate=gate)
-        else:
-            store = EditStore.open(settings.store_dir, settings.chroma_url, settings.collection, gate=gate)
-        # The gate fitted next to the model named by --model: the same one for `lte` and its unaligned ablation.
-        if gate is None and store.saved_gate() is None and (model_gate := aligned_gate(settings.model)) is not None:
-            store.gate = model_gate
+        store = open_store(settings, config, private_store, gate)
         unedited = None
         if config.route_unedited and loaded.base_spec != loaded.spec:
             unedited = load_model(loaded.base_spec, settings.home)
@@ -141,6 +135,43 @@ class LTEEditor(ModelEditor):
                 self.store.restore(edit_id)
         self._added, self._superseded = [], []
 
+    @property
+    def store(self) -> EditStore:
+        return self.retrieval.store
+
+    def retrieve(self, questions: Sequence[str]) -> list[list[Hit]]:
+        return self.retrieval.retrieve(questions)
+
+    def passed_edits(self, queries: Sequence[Query]) -> list[list[str]]:
+        return [[hit.edit.id for hit in hits] for hits in self.retrieve([q.prompt for q in queries])]
+
+    def facts_for(self, queries: Sequence[Query]) -> list[list[str]]:
+        return [[hit.edit.statement for hit in hits] for hits in self.retrieve([q.prompt for q in queries])]
+
+    def chat_prompt(self, messages: Sequence[dict[str, str]]) -> tuple[str, list[Hit]]:
+        """A client's conversation (`lte serve`) as the text the model continues, with the edits retrieved for its
+        last turn; generate it with `runner_for(bool(hits))`."""
+        return self.retrieval.chat_prompt(messages)
+
+    def answer(self, question: str, max_new_tokens: int = 64) -> Answer:
+        """Answer one question; report which edits were used."""
+        hits = self.retrieve([question])[0]
+        prompt = prompting.render(self.loaded.tokenizer, question, [h.edit.statement for h in hits])
+        text = self.runner_for(bool(hits)).generate([prompt], max_new_tokens)[0].strip()
+        if prompting.is_cloze(question):  # show the completed sentence, not only its continuation
+            text = f"{prompting.assistant_prefill(question)} {text}"
+        return Answer(text, tuple(hits))
+
+
+class EditRetrieval:
+    """The retrieval half of LTE, which needs the store and the tokenizer but no model weights: the edits for a
+    question (`hops` rounds, at most `k`) and the prompt they are written into. `lte serve --generator-url` runs only
+    this half and forwards the prompt to a generation server."""
+
+    def __init__(self, store: EditStore, tokenizer: PreTrainedTokenizerBase, k: int = 3, hops: int = 1):
+        LTEConfig(k=k, hops=hops)  # the same checks as from --set
+        self.store, self.tokenizer, self.k, self.hops = store, tokenizer, k, hops
+
     def retrieve(self, questions: Sequence[str]) -> list[list[Hit]]:
         first = self.store.search_many(questions, self.k)
         if self.hops == 1:
@@ -154,26 +185,24 @@ class LTEEditor(ModelEditor):
                     merged[q].append(hit)
         return [hits[: self.k] for hits in merged]
 
-    def passed_edits(self, queries: Sequence[Query]) -> list[list[str]]:
-        return [[hit.edit.id for hit in hits] for hits in self.retrieve([q.prompt for q in queries])]
-
-    def facts_for(self, queries: Sequence[Query]) -> list[list[str]]:
-        return [[hit.edit.statement for hit in hits] for hits in self.retrieve([q.prompt for q in queries])]
-
     def chat_prompt(self, messages: Sequence[dict[str, str]]) -> tuple[str, list[Hit]]:
-        """A client's conversation (`lte serve`) as the text the model continues, with the edits retrieved for its
-        last turn; generate it with `runner_for(bool(hits))`."""
         hits = self.retrieve([messages[-1]["content"]])[0]
-        return prompting.render_conversation(self.loaded.tokenizer, messages, [h.edit.statement for h in hits]), hits
+        return prompting.render_conversation(self.tokenizer, messages, [h.edit.statement for h in hits]), hits
 
-    def answer(self, question: str, max_new_tokens: int = 64) -> Answer:
-        """Answer one question; report which edits were used."""
-        hits = self.retrieve([question])[0]
-        prompt = prompting.render(self.loaded.tokenizer, question, [h.edit.statement for h in hits])
-        text = self.runner_for(bool(hits)).generate([prompt], max_new_tokens)[0].strip()
-        if prompting.is_cloze(question):  # show the completed sentence, not only its continuation
-            text = f"{prompting.assistant_prefill(question)} {text}"
-        return Answer(text, tuple(hits))
+
+def open_store(settings: Settings, config: LTEConfig, private_store: bool = False, gate: Gate | None = None
+               ) -> EditStore:
+    """private_store: a fresh in-memory edit set (evaluation), never the user's store; otherwise the store named by
+    the settings. The gate: `gate`, else config.gate (a path), else the store's saved one, else the one `lte align`
+    fitted next to --model (the same for `lte` and its unaligned ablation)."""
+    gate = gate or (load_gate(config.gate) if config.gate else None)
+    if private_store:
+        store = EditStore(open_client(), f"eval-{uuid.uuid4().hex[:12]}", gate=gate)
+    else:
+        store = EditStore.open(settings.store_dir, settings.chroma_url, settings.collection, gate=gate)
+    if gate is None and store.saved_gate() is None and (model_gate := aligned_gate(settings.model)) is not None:
+        store.gate = model_gate
+    return store
 
 
 def load_gate(path: str) -> Gate:

@@ -27,7 +27,7 @@ from transformers import (
 from lte.errors import ModelNotFoundError
 from lte.settings import DEFAULT_MODEL, lte_home
 
-__all__ = ["LoadedModel", "ModelNotFoundError", "load_model", "model_identity"]
+__all__ = ["LoadedModel", "ModelNotFoundError", "load_model", "load_tokenizer", "model_identity"]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,33 @@ def load_model(spec: str | None = None, home: Path | None = None, dtype: torch.d
     if path.suffix == ".gguf" or spec.startswith((".", "/", "~")):
         raise ModelNotFoundError(f"model '{spec}': no such file or directory ({path.resolve()})")
     return _ready(_load_hub(spec, dtype))
+
+
+def load_tokenizer(spec: str | None = None, home: Path | None = None) -> PreTrainedTokenizerBase:
+    """Only the tokenizer of `spec` (what `lte serve --generator-url` needs to write prompts; the weights live on
+    the generation server). Reads the converted-model cache when there is one; never loads weights otherwise."""
+    spec = spec or DEFAULT_MODEL
+    home = home or lte_home()
+    if spec == TINY_MODEL:
+        return load_model(spec).tokenizer
+    path = default_gguf_path() if spec in (DEFAULT_MODEL, "default") else Path(spec).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        cache = gguf_cache_dir(path, home)
+        if (cache / "tokenizer_config.json").is_file():
+            return AutoTokenizer.from_pretrained(cache)
+        return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    if path.is_dir():
+        if (path / "tokenizer_config.json").is_file():
+            return AutoTokenizer.from_pretrained(path)
+        if (path / "adapter_config.json").is_file():  # a LoRA adapter saved without its tokenizer
+            return load_tokenizer(read_manifest(path).get("base_model", DEFAULT_MODEL), home)
+        raise ModelNotFoundError(f"model '{path}': directory has no tokenizer_config.json")
+    if path.suffix == ".gguf" or spec.startswith((".", "/", "~")):
+        raise ModelNotFoundError(f"model '{spec}': no such file or directory ({path.resolve()})")
+    try:
+        return AutoTokenizer.from_pretrained(spec)
+    except (OSError, ValueError) as error:
+        raise ModelNotFoundError(f"model '{spec}': no tokenizer could be loaded ({error})") from None
 
 
 def default_gguf_path() -> Path:

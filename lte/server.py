@@ -5,10 +5,16 @@
 - `POST/GET /v1/edits`, `GET/DELETE /v1/edits/{id}`, `POST /v1/edits/search`: edits take effect on the next request.
 - `GET /health` and the page at `/` are open; with an API key set, every `/v1` request needs `Authorization: Bearer`.
 
-Prompts and routing come from the editor (`LTEEditor.chat_prompt`, `runner_for`), so the server answers exactly as
-`lte ask` and the harness do. Generation runs off the event loop, one request at a time in arrival order, through
-`GenerationQueue.slot()`: the queue is bounded (503 when full), a request cancelled while waiting leaves it, and a
-slot is released only once its generation has stopped. Edit text only ever enters the fact block of the user turn.
+Prompts and routing come from the editor (`EditRetrieval.chat_prompt`, `LTEEditor.runner_for`), so the server
+answers exactly as `lte ask` and the harness do. Generation (`lte.generation`) runs on this process's model, or on
+an OpenAI-compatible generation server (`--generator-url`), through `GenerationQueue.slot()`: in arrival order, at
+most `concurrency` at once (1 locally), the queue bounded (503 when full); a request cancelled while waiting leaves
+it, and a slot is released only once its generation has stopped. Edit text only ever enters the fact block of the
+user turn.
+
+`generation_only` turns the server into a plain generation backend for another `lte serve --generator-url`:
+`/v1/completions` continues its prompt as written (the OpenAI meaning of that endpoint), no edits are retrieved, and
+the request's `model` picks the aligned model or its unedited base.
 """
 
 from __future__ import annotations
@@ -32,8 +38,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from lte import prompting
 from lte.errors import InputError, SchemaError
-from lte.lte_editor import LTEEditor
+from lte.generation import GenerationError, LocalGeneration, RemoteGeneration
+from lte.lte_editor import EditRetrieval, LTEEditor
 from lte.schema import Edit
 from lte.scoring import Completion
 from retrieval.store import Hit
@@ -42,7 +50,8 @@ from retrieval.store import Hit
 @dataclass
 class ServerConfig:
     """api_key: required bearer token for /v1 (None: open). max_body_bytes: larger requests get 413.
-    max_queue: generation requests waiting at once before 503. max_tokens: cap on a request's max_tokens."""
+    max_queue: generation requests waiting at once before 503. max_tokens: cap on a request's max_tokens.
+    generation_only: serve as a plain generation backend (no edits; see the module docstring)."""
 
     host: str = "127.0.0.1"
     port: int = 8000
@@ -51,6 +60,7 @@ class ServerConfig:
     max_queue: int = 64
     max_tokens: int = 512
     default_tokens: int = 128
+    generation_only: bool = False
 
 
 class APIError(Exception):
@@ -66,75 +76,98 @@ def error_body(status: int, message: str, kind: str = "invalid_request_error", c
 # ---------------------------------------------------------------- the generation queue
 
 class GenerationQueue:
-    """One generation at a time, in arrival order (asyncio.Lock wakes waiters first come, first served), with at
-    most `max_queue` waiting. The wait count is kept in a `finally`, so requests cancelled while queued (a client
-    that went away) leave no trace."""
+    """At most `concurrency` generations at once, the others waiting in arrival order (asyncio.Semaphore wakes
+    waiters first come, first served), with at most `max_queue` waiting. The wait count is kept in a `finally`, so
+    requests cancelled while queued (a client that went away) leave no trace."""
 
-    def __init__(self, max_queue: int):
-        self.max_queue, self.waiting = max_queue, 0
-        self._lock: asyncio.Lock | None = None  # created on first use, inside the server's event loop
+    def __init__(self, max_queue: int, concurrency: int = 1):
+        self.max_queue, self.concurrency, self.waiting = max_queue, concurrency, 0
+        self._slots: asyncio.Semaphore | None = None  # created on first use, inside the server's event loop
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
-        self._lock = self._lock or asyncio.Lock()
+        self._slots = self._slots or asyncio.Semaphore(self.concurrency)
         if self.waiting >= self.max_queue:
             raise APIError(503, "server busy: too many queued generation requests", "server_error", "overloaded")
         self.waiting += 1
         try:
-            await self._lock.acquire()
+            await self._slots.acquire()
         finally:
             self.waiting -= 1
         try:
             yield
         finally:
-            self._lock.release()
+            self._slots.release()
+
+
+Generation = LocalGeneration | RemoteGeneration
 
 
 class Service:
-    """The editor (model + store) shared by all requests, its write lock and the generation queue."""
+    """What all requests share: the retrieval (store + prompt writing), the generation, the store's write lock
+    and the generation queue."""
 
-    def __init__(self, editor: LTEEditor, cfg: ServerConfig):
-        self.editor, self.cfg = editor, cfg
+    def __init__(self, retrieval: EditRetrieval, generation: Generation, cfg: ServerConfig):
+        self.retrieval, self.generation, self.cfg = retrieval, generation, cfg
         self.write_lock = threading.Lock()
-        self.queue = GenerationQueue(cfg.max_queue)
+        self.queue = GenerationQueue(cfg.max_queue, generation.concurrency)
+
+    @classmethod
+    def local(cls, editor: LTEEditor, cfg: ServerConfig) -> Service:
+        """Generation on the editor's own models, with its routing."""
+        return cls(editor.retrieval, LocalGeneration.of(editor), cfg)
 
     @property
     def model_id(self) -> str:
-        return self.editor.model_name
+        return self.generation.model_id
+
+    @property
+    def store(self):
+        if self.cfg.generation_only:
+            raise APIError(404, "this is a generation-only server: it keeps no edits", code="not_found")
+        return self.retrieval.store
 
     def prompt_for(self, messages: list[dict[str, str]]) -> tuple[str, list[Hit]]:
         try:
-            return self.editor.chat_prompt(messages)
+            if self.cfg.generation_only:
+                return prompting.render_conversation(self.retrieval.tokenizer, messages), []
+            return self.retrieval.chat_prompt(messages)
         except InputError as error:
             raise APIError(400, str(error)) from None
 
-    async def complete(self, request: Request, prompt: str, hits: list[Hit], max_tokens: int) -> Completion:
+    def model_for(self, hits: list[Hit], body: dict) -> str:
+        """The routing: aligned model for prompts with edits, unedited base for the others; a generation-only
+        server takes the model the request names."""
+        if self.cfg.generation_only and isinstance(body.get("model"), str) and body["model"]:
+            return body["model"]
+        return self.generation.model_for(bool(hits))
+
+    async def complete(self, request: Request, prompt: str, model: str, max_tokens: int) -> Completion:
         """One completion in its turn; a client that went away while queued costs no generation."""
         async with self.queue.slot():
             if await request.is_disconnected():
                 raise APIError(499, "client closed the request while it was queued")
-            return await asyncio.to_thread(self.editor.runner_for(bool(hits)).complete, prompt, max_tokens)
+            return await self.generation.complete(prompt, model, max_tokens)
 
-    async def stream(self, prompt: str, hits: list[Hit], max_tokens: int) -> AsyncIterator[str]:
-        """Text pieces of one generation; the caller holds the slot. However the stream ends (a client disconnect
-        too), the generation thread is told to stop and joined before this returns, so the slot is never given
-        back while the model is still busy."""
-        stop = threading.Event()
-        pieces, thread = self.editor.runner_for(bool(hits)).stream(prompt, max_tokens, stop)
+    async def streamed(self, kind: str, prompt: str, model: str, hits: list[Hit], max_tokens: int
+                       ) -> QueuedStreamingResponse:
+        """A streaming response whose slot and generation are taken before the headers go out: a full queue is a
+        503 and an unreachable generation server a 503/502, never a broken stream."""
+        held = contextlib.AsyncExitStack()
         try:
-            while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
-                if piece:
-                    yield piece
-        finally:
-            stop.set()
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(thread.join)
+            await held.enter_async_context(self.queue.slot())
+            pieces = await held.enter_async_context(self.generation.streaming(prompt, model, max_tokens))
+            return QueuedStreamingResponse(event_stream(kind, self, pieces, hits), held,
+                                           media_type="text/event-stream")
+        except BaseException:
+            await held.aclose()
+            raise
 
 
 class QueuedStreamingResponse(StreamingResponse):
     """A stream whose generation slot was taken before the headers went out (a full queue is a 503, not a broken
-    stream) and is given back when the response ends, however it ends: the body is closed first (its generation
-    thread joined), then the slot released."""
+    stream) and is given back when the response ends, however it ends: the body is closed first, then the
+    generation (its thread joined, or its connection closed), then the slot released."""
 
     def __init__(self, content: AsyncIterator[str], held: contextlib.AsyncExitStack, **kwargs):
         super().__init__(content, **kwargs)
@@ -170,14 +203,19 @@ def parse_messages(body: dict) -> list[dict[str, str]]:
     return parsed
 
 
-def parse_prompt(body: Any) -> list[dict[str, str]]:
-    """/v1/completions: the prompt as a one-turn conversation."""
-    text = body.get("prompt") if isinstance(body, dict) else None
+def raw_prompt(body: dict) -> str:
+    """/v1/completions' prompt, as given (a one-element list too)."""
+    text = body.get("prompt")
     if isinstance(text, list) and len(text) == 1:
         text = text[0]
     if not isinstance(text, str) or not text.strip():
         raise APIError(400, "'prompt' must be a non-empty string")
-    return [{"role": "user", "content": text}]
+    return text
+
+
+def parse_prompt(body: dict) -> list[dict[str, str]]:
+    """/v1/completions on an editing server: the prompt as a one-turn conversation."""
+    return [{"role": "user", "content": raw_prompt(body)}]
 
 
 def requested_tokens(body: dict, cfg: ServerConfig) -> int:
@@ -238,20 +276,28 @@ def completion_body(kind: str, service: Service, completion: Completion, hits: l
             "lte": {"edits": edits_used(hits)}}
 
 
-async def chat_chunks(service: Service, prompt: str, hits: list[Hit], max_tokens: int) -> AsyncIterator[str]:
-    """Server-sent events of a streamed chat completion: the role (with the edits used), the text, the end."""
-    chunk_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+async def event_stream(kind: str, service: Service, pieces: AsyncIterator[str], hits: list[Hit]
+                       ) -> AsyncIterator[str]:
+    """Server-sent events of a streamed completion, kind 'chat' (chat.completion.chunk: the role with the edits
+    used, the text, the end) or 'text' (text_completion chunks, the first carrying the edits)."""
+    chunk_id = f"chatcmpl-{uuid.uuid4().hex}" if kind == "chat" else f"cmpl-{uuid.uuid4().hex}"
+    created = int(time.time())
 
-    def event(delta: dict, finish: str | None = None, extra: dict | None = None) -> str:
-        payload = {"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": service.model_id,
-                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **(extra or {})}
+    def event(text: str | None, finish: str | None = None, extra: dict | None = None, opening: bool = False) -> str:
+        if kind == "chat":
+            delta = {} if text is None else {"role": "assistant", "content": text} if opening else {"content": text}
+            choice, obj = {"index": 0, "delta": delta, "finish_reason": finish}, "chat.completion.chunk"
+        else:
+            choice, obj = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}, "text_completion"
+        payload = {"id": chunk_id, "object": obj, "created": created, "model": service.model_id,
+                   "choices": [choice], **(extra or {})}
         return f"data: {json.dumps(payload)}\n\n"
 
-    yield event({"role": "assistant", "content": ""}, extra={"lte": {"edits": edits_used(hits)}})
-    async with contextlib.aclosing(service.stream(prompt, hits, max_tokens)) as pieces:
+    yield event("", extra={"lte": {"edits": edits_used(hits)}}, opening=True)
+    async with contextlib.aclosing(pieces):
         async for piece in pieces:
-            yield event({"content": piece})
-    yield event({}, finish="stop")
+            yield event(piece)
+    yield event(None, finish="stop")
     yield "data: [DONE]\n\n"
 
 
@@ -284,12 +330,15 @@ def page() -> str:
 
 @pages.get("/health")
 def health(service: Service = Depends(service_of)) -> dict:
-    return {"status": "ok", "model": service.model_id, "queued": service.queue.waiting}
+    where = service.generation.cfg.url if isinstance(service.generation, RemoteGeneration) else "local"
+    return {"status": "ok", "model": service.model_id, "queued": service.queue.waiting, "generation": where}
 
 
 @api.get("/models")
 def models(service: Service = Depends(service_of)) -> dict:
-    return {"object": "list", "data": [{"id": service.model_id, "object": "model", "created": 0, "owned_by": "lte"}]}
+    names = list(service.generation.runners) if service.cfg.generation_only else [service.model_id]
+    return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "lte"}
+                                       for name in names]}
 
 
 @api.post("/chat/completions")
@@ -297,24 +346,25 @@ async def chat(request: Request, service: Service = Depends(service_of)):
     body = await json_object(request)
     messages, max_tokens = parse_messages(body), requested_tokens(body, service.cfg)
     prompt, hits = await asyncio.to_thread(service.prompt_for, messages)
+    model = service.model_for(hits, body)
     if body.get("stream"):
-        held = contextlib.AsyncExitStack()
-        await held.enter_async_context(service.queue.slot())  # before the headers: a full queue is a 503
-        try:
-            return QueuedStreamingResponse(chat_chunks(service, prompt, hits, max_tokens), held,
-                                           media_type="text/event-stream")
-        except BaseException:
-            await held.aclose()
-            raise
-    return completion_body("chat", service, await service.complete(request, prompt, hits, max_tokens), hits)
+        return await service.streamed("chat", prompt, model, hits, max_tokens)
+    return completion_body("chat", service, await service.complete(request, prompt, model, max_tokens), hits)
 
 
 @api.post("/completions")
 async def completions(request: Request, service: Service = Depends(service_of)):
-    body = await json_body(request)
-    prompt, hits = await asyncio.to_thread(service.prompt_for, parse_prompt(body))
-    completion = await service.complete(request, prompt, hits, requested_tokens(body, service.cfg))
-    return completion_body("text", service, completion, hits)
+    """A generation-only server continues the prompt as written; otherwise the prompt is a one-turn question
+    answered with the relevant edits."""
+    body = await json_object(request)
+    if service.cfg.generation_only:
+        prompt, hits = raw_prompt(body), []
+    else:
+        prompt, hits = await asyncio.to_thread(service.prompt_for, parse_prompt(body))
+    model, max_tokens = service.model_for(hits, body), requested_tokens(body, service.cfg)
+    if body.get("stream"):
+        return await service.streamed("text", prompt, model, hits, max_tokens)
+    return completion_body("text", service, await service.complete(request, prompt, model, max_tokens), hits)
 
 
 @api.post("/edits")
@@ -323,7 +373,7 @@ async def add_edits(request: Request, service: Service = Depends(service_of)):
 
     def write():
         with service.write_lock:
-            return service.editor.store.add(edits, progress=False,
+            return service.store.add(edits, progress=False,
                                             where={edit.id: f"edits[{i}]" for i, edit in enumerate(edits)})
 
     try:
@@ -339,7 +389,7 @@ def list_edits(offset: int = 0, limit: int = 50, history: bool = False,
                service: Service = Depends(service_of)) -> dict:
     if offset < 0 or not 1 <= limit <= 1000:
         raise APIError(400, "offset must be ≥ 0 and limit between 1 and 1000")
-    stored = service.editor.store.list(history=history)
+    stored = service.store.list(history=history)
     return {"object": "list", "total": len(stored), "offset": offset,
             "data": [{**s.edit.to_dict(), "status": s.status, "superseded_by": s.superseded_by}
                      for s in stored[offset: offset + limit]]}
@@ -347,7 +397,7 @@ def list_edits(offset: int = 0, limit: int = 50, history: bool = False,
 
 @api.get("/edits/{edit_id}")
 def get_edit(edit_id: str, service: Service = Depends(service_of)) -> dict:
-    stored = service.editor.store.get(edit_id)
+    stored = service.store.get(edit_id)
     if stored is None:
         raise APIError(404, f"no edit with id {edit_id}", code="not_found")
     return {**stored.edit.to_dict(), "status": stored.status, "superseded_by": stored.superseded_by}
@@ -356,7 +406,7 @@ def get_edit(edit_id: str, service: Service = Depends(service_of)) -> dict:
 @api.delete("/edits/{edit_id}")
 def delete_edit(edit_id: str, service: Service = Depends(service_of)) -> dict:
     with service.write_lock:
-        if not service.editor.store.delete(edit_id):
+        if not service.store.delete(edit_id):
             raise APIError(404, f"no edit with id {edit_id}", code="not_found")
     return {"id": edit_id, "deleted": True}
 
@@ -367,8 +417,8 @@ async def search(request: Request, service: Service = Depends(service_of)):
     query, k = body.get("query"), body.get("k", 3)
     if not isinstance(query, str) or not query.strip() or not isinstance(k, int) or not 1 <= k <= 50:
         raise APIError(400, "'query' must be a non-empty string and 'k' an integer from 1 to 50")
-    hits = await asyncio.to_thread(service.editor.store.search, query, k)
-    return {"object": "list", "threshold": service.editor.store.threshold,
+    hits = await asyncio.to_thread(service.store.search, query, k)
+    return {"object": "list", "threshold": service.store.threshold,
             "data": [{**h.edit.to_dict(), "score": h.score} for h in hits]}
 
 
@@ -380,6 +430,11 @@ async def on_api_error(request: Request, error: APIError) -> JSONResponse:
 
 async def on_http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
     return error_body(error.status_code, str(error.detail))
+
+
+async def on_generation_error(request: Request, error: GenerationError) -> JSONResponse:
+    return error_body(error.status, error.message, "server_error" if error.status >= 500 else
+                      "invalid_request_error", error.code)
 
 
 async def on_store_unreachable(request: Request, error: httpx.TransportError) -> JSONResponse:
@@ -412,6 +467,7 @@ def create_app(service: Service) -> FastAPI:
     app = FastAPI(title="lte", description="Learning-to-Edit server: answers with the stored edits.")
     app.state.service = service
     app.add_exception_handler(APIError, on_api_error)
+    app.add_exception_handler(GenerationError, on_generation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(httpx.TransportError, on_store_unreachable)

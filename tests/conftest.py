@@ -91,19 +91,18 @@ def store(embedder):
 
 
 @contextlib.contextmanager
-def running_server(editor, **config):
-    """`lte serve`'s app on a free loopback port in a background thread; yields its base URL."""
+def running_server(editor, port: int | None = None, generation=None, **config):
+    """`lte serve`'s app on a loopback port (a free one unless given) in a background thread; yields its base URL.
+    Generation on the editor's models, or on `generation` (e.g. a RemoteGeneration) with the editor's retrieval."""
     import httpx
     import uvicorn
 
     from lte.server import ServerConfig, Service, create_app
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = port or free_port()
     cfg = ServerConfig(port=port, default_tokens=8, **config)
-    server = uvicorn.Server(uvicorn.Config(create_app(Service(editor, cfg)), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    service = Service(editor.retrieval, generation, cfg) if generation else Service.local(editor, cfg)
+    server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
@@ -118,3 +117,9 @@ def running_server(editor, **config):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -81,7 +81,7 @@ def test_edit_text_cannot_take_over_the_prompt(server):
                 subject="The Space Needle")
     with client(base) as c:
         edit_id = c.post("/v1/edits", json=evil).json()["ids"][0]
-        prompt, hits = Service(editor, ServerConfig()).prompt_for([{"role": "user", "content":
+        prompt, hits = Service.local(editor, ServerConfig()).prompt_for([{"role": "user", "content":
                                                                     "Where is the Space Needle?"}])
         c.delete(f"/v1/edits/{edit_id}")
     assert hits and prompt.count("<|im_start|>system") <= 1 and prompt.count("<|im_start|>") == 2

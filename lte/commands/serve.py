@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 from lte.errors import InputError
 from lte.models import load_model
@@ -25,6 +26,31 @@ def register(commands) -> None:
     parser.add_argument("--insecure", action="store_true",
                         help="allow binding beyond loopback without --api-key (anyone who can reach the port can "
                         "read and change the edits)")
+    remote = parser.add_argument_group(
+        "generation on another server", "Keep the edits, the relevance gate and the prompt here and let an "
+        "OpenAI-compatible server (vLLM, TGI, llama.cpp's server, SGLang, `lte serve --generation-only`) generate: "
+        "each prompt, written exactly as lte writes it, goes to that server's /v1/completions. --model then only "
+        "supplies the tokenizer (its chat template) and the gate fitted next to it.")
+    remote.add_argument("--generator-url", metavar="URL", help="the server's OpenAI base URL, e.g. "
+                        "http://gpu-box:8000/v1 [env LTE_GENERATOR_URL]")
+    remote.add_argument("--generator-model", metavar="NAME", help="model name there for prompts carrying edits "
+                        "(the aligned model; default: --model as given)")
+    remote.add_argument("--generator-base-model", metavar="NAME", help="model name there for prompts without "
+                        "edits (the unedited base, e.g. vLLM's base name beside a LoRA adapter); default: "
+                        "--generator-model for both")
+    remote.add_argument("--generator-key", metavar="KEY", help="bearer token for that server "
+                        "[env LTE_GENERATOR_KEY]")
+    remote.add_argument("--generator-timeout", type=float, default=120.0, metavar="S",
+                        help="seconds to connect and between bytes of its answer; past it the client gets 504 "
+                        "(default 120)")
+    remote.add_argument("--generator-retries", type=int, default=2, metavar="N",
+                        help="further attempts after a failed connection or a 502/503/504 from it (default 2)")
+    remote.add_argument("--generator-concurrency", type=int, default=8, metavar="N",
+                        help="requests in flight to it at once; the rest queue here (default 8)")
+    parser.add_argument("--generation-only", action="store_true",
+                        help="serve only generation, as the backend of another `lte serve --generator-url`: "
+                        "/v1/completions continues its prompt as written, no edits are kept, and the request's "
+                        "'model' picks --model or, for an aligned model, its unedited base")
     parser.set_defaults(handler=run)
 
 
@@ -32,17 +58,53 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def run(args, settings) -> int:
-    from lte.lte_editor import LTEConfig, LTEEditor
-    from lte.server import ServerConfig, Service, serve
+    from lte.server import ServerConfig, serve
 
     cfg = ServerConfig(host=args.host, port=args.port, api_key=args.api_key or os.environ.get("LTE_API_KEY") or None,
-                       max_body_bytes=args.max_body_bytes, max_queue=args.max_queue)
+                       max_body_bytes=args.max_body_bytes, max_queue=args.max_queue,
+                       generation_only=args.generation_only)
     if cfg.host not in LOOPBACK and cfg.api_key is None:
         if not args.insecure:
             raise InputError(f"--host {cfg.host} without --api-key would let anyone who reaches the port read and "
                              "change the edits; set --api-key KEY (or LTE_API_KEY), or pass --insecure")
         log.warning("lte serve: listening on %s with no API key (--insecure)", cfg.host)
-    editor = LTEEditor.from_config(settings, load_model(settings.model, settings.home), LTEConfig(k=args.k),
-                                   private_store=False)
-    serve(Service(editor, cfg))
+    url = args.generator_url or os.environ.get("LTE_GENERATOR_URL")
+    if url and args.generation_only:
+        raise InputError("--generation-only serves this model; it cannot also forward to --generator-url")
+    serve(remote_service(args, settings, cfg, url) if url else local_service(args, settings, cfg))
     return 0
+
+
+def local_service(args, settings, cfg):
+    from lte.lte_editor import LTEConfig, LTEEditor
+    from lte.server import Service
+
+    loaded = load_model(settings.model, settings.home)
+    # a generation-only backend keeps no edits: an in-memory store, never the user's
+    editor = LTEEditor.from_config(settings, loaded, LTEConfig(k=args.k), private_store=args.generation_only)
+    return Service.local(editor, cfg)
+
+
+def remote_service(args, settings, cfg, url):
+    from lte.generation import RemoteConfig, RemoteGeneration
+    from lte.lte_editor import EditRetrieval, LTEConfig, open_store
+    from lte.models import load_tokenizer, read_manifest
+    from lte.server import Service
+
+    try:
+        remote = RemoteConfig(url=url, model=args.generator_model or settings.model,
+                              base_model=args.generator_base_model,
+                              key=args.generator_key or os.environ.get("LTE_GENERATOR_KEY") or None,
+                              timeout=args.generator_timeout, retries=args.generator_retries,
+                              concurrency=args.generator_concurrency)
+    except ValueError as error:
+        raise InputError(str(error)) from None
+    base = read_manifest(Path(settings.model).expanduser()).get("base_model")
+    if base and not remote.base_model:
+        log.warning("lte serve: %s was aligned from %s, but no --generator-base-model was given: questions with no "
+                    "relevant edit will also be answered by the aligned model", settings.model, base)
+    config = LTEConfig(k=args.k)
+    retrieval = EditRetrieval(open_store(settings, config), load_tokenizer(settings.model, settings.home), config.k)
+    log.warning("lte serve: generation on %s (model %s%s)", remote.url, remote.model,
+                f", unedited {remote.base_model}" if remote.base_model else "")
+    return Service(retrieval, RemoteGeneration(remote), cfg)
