@@ -260,7 +260,8 @@ class DeltaAtPivot:
 
 
 def per_edit_mean(values: torch.Tensor, owners: torch.Tensor, n: int) -> torch.Tensor:
-    """The mean of each edit's rows (0 for an edit with no row here)."""
+    """The mean of each edit's rows (0 for an edit with no row here), in float32 whatever the model's dtype."""
+    values = values.float()
     sums = torch.zeros(n, device=values.device).index_add(0, owners, values)
     counts = torch.zeros(n, device=values.device).index_add(0, owners, torch.ones_like(values))
     return sums / counts.clamp_min(1)

@@ -102,9 +102,11 @@ class MoEAdaptor(nn.Module):
         return weights * torch.zeros_like(weights).scatter(-1, top, 1.0)
 
     def forward(self, x: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+        """In the adaptor's float32 (Adam's small steps survive), returned in the model's dtype."""
+        dtype, x, anchor = x.dtype, x.to(self.up.dtype), anchor.to(self.up.dtype)
         gates = self.gates(x, anchor)
         outputs = torch.einsum("btf,efr,ero->bteo", x, self.down, self.up)  # every expert; E and r are small
-        return self.cfg.scale * (gates.unsqueeze(-1) * outputs).sum(2)
+        return (self.cfg.scale * (gates.unsqueeze(-1) * outputs).sum(2)).to(dtype)
 
 
 def find_span(ids: Sequence[int], pattern: Sequence[int]) -> int:

@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     settings = Settings.from_env(home=args.home, model=args.model, store=args.store, chroma_url=args.chroma_url,
-                                 collection=args.collection, datasets=args.datasets_dir)
+                                 collection=args.collection, datasets=args.datasets_dir, device=args.device,
+                                 dtype=args.dtype)
     try:
         return args.handler(args, settings) or 0
     except LTEError as error:
@@ -61,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--collection", help="named edit set inside the store [env LTE_COLLECTION; default edits]")
     parser.add_argument("--datasets-dir", help="folder of the public datasets known by name (counterfact, zsre, ...) "
                         "[env LTE_DATASETS; default ./shared/datasets or ../shared/datasets]")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), help="where models run; auto: CUDA "
+                        "when visible, else the CPU [env LTE_DEVICE; default auto]")
+    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), help="weights' precision; "
+                        "auto: bfloat16 on CUDA where supported, else float32 (editors' solves stay float64; "
+                        "`lte align` keeps float32 weights and trains in mixed precision) [env LTE_DTYPE]")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what is happening")
     parser.add_argument("--debug", action="store_true", help="print the traceback of errors too")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")

@@ -88,7 +88,7 @@ class ModelEditor(Editor):
 
     def __init__(self, loaded: LoadedModel, batch_size: int = 16):
         self.loaded = loaded
-        self.runner = ModelRunner(loaded.model, loaded.tokenizer, batch_size)
+        self.runner = ModelRunner(loaded.model, loaded.tokenizer, batch_size, loaded.context)
 
     @classmethod
     def from_config(cls, settings: Settings, loaded: LoadedModel, config: Any = None,

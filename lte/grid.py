@@ -22,7 +22,7 @@ from lte.datasets import load_cases
 from lte.errors import ConfigError, EditorUnavailableError
 from lte.harness import HARNESS_VERSION, EvalConfig, evaluate, locality_references
 from lte.models import LoadedModel, load_model
-from lte.registry import build_editor, editor_config, editor_names
+from lte.registry import base_model_of, build_editor, editor_config, editor_names
 from lte.settings import Settings
 
 
@@ -98,7 +98,7 @@ def run_cell(cell: Cell, cfg: BenchConfig, settings: Settings, loaded: LoadedMod
     them computes them and later editors reuse them (same references for every editor, by construction)."""
     start = time.time()
     editor = build_editor(cell.editor, settings, loaded, cfg.configs[cell.editor])
-    reference_model = loaded if loaded.base_spec == loaded.spec else load_model(loaded.base_spec, settings.home)
+    reference_model = base_model_of(loaded, settings)
     reference = build_editor("none", settings, reference_model)
     eval_cfg = EvalConfig(mode=cell.mode, progress=progress, score_sample=cell.scored, edit_batch=cell.edit_batch)
     key = (cell.dataset, cell.n, cell.scored)
@@ -129,7 +129,7 @@ def run_bench(cfg: BenchConfig, settings: Settings, progress: bool = True, comma
     Each new cell records `command`, so a report built from several runs says which run made which cell."""
     cells_dir = cfg.out / "cells"
     cells_dir.mkdir(parents=True, exist_ok=True)
-    loaded = load_model(settings.model, settings.home)
+    loaded = load_model(settings.model, settings.home, **settings.placement)
     results = cached_cells(cfg.out)
     shared_references: dict = {}
     for cell, cases in grid(cfg, settings):

@@ -69,7 +69,8 @@ class LTEEditor(ModelEditor):
         super().__init__(loaded, batch_size)
         self.retrieval = EditRetrieval(store, loaded.tokenizer, k, hops)
         self.unedited = unedited
-        self.unedited_runner = ModelRunner(unedited.model, unedited.tokenizer, batch_size) if unedited else None
+        self.unedited_runner = (ModelRunner(unedited.model, unedited.tokenizer, batch_size, unedited.context)
+                                if unedited else None)
         self._added: list[str] = []
         self._superseded: list[str] = []
 
@@ -82,7 +83,9 @@ class LTEEditor(ModelEditor):
         store = open_store(settings, config, private_store, gate)
         unedited = None
         if config.route_unedited and loaded.base_spec != loaded.spec:
-            unedited = load_model(loaded.base_spec, settings.home)
+            # an unmerged LoRA model is its own base with the adapter off; a fully fine-tuned one needs a copy
+            unedited = (loaded.without_adapter() if loaded.has_adapter
+                        else load_model(loaded.base_spec, settings.home, **settings.placement))
         editor = cls(loaded, store, config.k, batch_size, unedited, config.hops)
         editor.config = config
         return editor

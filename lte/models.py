@@ -6,6 +6,7 @@ safetensors copy under LTE_HOME/models and later loads read that instead.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -24,7 +25,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from lte.errors import ModelNotFoundError
+from lte.errors import ConfigError, ModelNotFoundError
 from lte.settings import DEFAULT_MODEL, lte_home
 
 __all__ = ["LoadedModel", "ModelNotFoundError", "load_model", "load_tokenizer", "model_identity"]
@@ -40,37 +41,101 @@ MANIFEST = "lte_manifest.json"
 @dataclass
 class LoadedModel:
     """A model ready to use. `base_spec` names the unedited, unaligned model it derives from (itself for plain
-    models): locality is always judged against that model's answers."""
+    models): locality is always judged against that model's answers. `adapter_disabled`: this is a view of an
+    unmerged LoRA model to be run with its adapter off, i.e. the base model in the same memory (see
+    `without_adapter`)."""
 
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     spec: str
     base_spec: str
+    adapter_disabled: bool = False
 
     @property
     def name(self) -> str:
         return self.spec
 
+    @property
+    def has_adapter(self) -> bool:
+        """An unmerged LoRA adapter (`load_model(..., merge_adapter=False)`), run with it on."""
+        return hasattr(self.model, "disable_adapter") and not self.adapter_disabled
 
-def load_model(spec: str | None = None, home: Path | None = None, dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Load `spec` (default: the bundled SmolLM2-135M-Instruct) in eval mode on the CPU, or CUDA when present."""
+    def without_adapter(self) -> LoadedModel:
+        """The base model as the same weights with the adapter switched off: no second copy in memory. Run it only
+        through `context()`, one call at a time (the switch is on the shared model)."""
+        return LoadedModel(self.model, self.tokenizer, self.base_spec, self.base_spec, adapter_disabled=True)
+
+    def context(self) -> contextlib.AbstractContextManager:
+        """What every forward pass of this model runs inside: the adapter switched off for a `without_adapter`
+        view, nothing otherwise."""
+        return self.model.disable_adapter() if self.adapter_disabled else contextlib.nullcontext()
+
+    def weight_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.model.parameters())
+
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(name: str | None = "auto") -> torch.device:
+    """'auto': the first CUDA device when one is visible, else the CPU (MPS only when asked for: several ops the
+    editors use fall back to the CPU there)."""
+    name = name or "auto"
+    if name not in DEVICES:
+        raise ConfigError(f"device '{name}': choose one of {', '.join(DEVICES)}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda': no CUDA device is visible to torch (torch.cuda.is_available() is False)")
+    if name in ("auto", "cuda") and torch.cuda.is_available():
+        # one process per GPU under `accelerate launch`/torchrun: each loads onto its own
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if name == "auto":
+        return torch.device("cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device 'mps': this torch build or machine has no MPS backend")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """'auto': bfloat16 on a CUDA device that supports it (half the memory, the precision models are trained in),
+    float32 anywhere else (CPU kernels for half types are slow, and the 135M default gains nothing from them)."""
+    if isinstance(name, torch.dtype):
+        return name
+    name = name or "auto"
+    if name not in DTYPES:
+        raise ConfigError(f"dtype '{name}': choose one of {', '.join(DTYPES)}")
+    if name == "auto":
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if cuda_bf16 else torch.float32
+    return DTYPES[name]
+
+
+def load_model(spec: str | None = None, home: Path | None = None, dtype: str | torch.dtype | None = None,
+               merge_adapter: bool = True, device: str | None = None) -> LoadedModel:
+    """Load `spec` (default: the bundled SmolLM2-135M-Instruct) in eval mode on `device` in `dtype` (names as in
+    `--device`/`--dtype`; None: 'auto').
+    A LoRA adapter directory is merged into its base (a plain model every editor can hook), unless
+    `merge_adapter=False`: then the adapter stays separate, so the base model is the same weights with it off
+    (`LoadedModel.without_adapter`; what `lte serve` and `lte ask` route unrelated questions to)."""
     spec = spec or DEFAULT_MODEL
     home = home or lte_home()
+    place = resolve_device(device)
+    dtype = resolve_dtype(dtype, place)
     if spec == TINY_MODEL:
         from lte.tiny import build_tiny_model
 
         model, tokenizer = build_tiny_model()
-        return _ready(LoadedModel(model, tokenizer, spec, spec))
+        return _ready(LoadedModel(model.to(dtype), tokenizer, spec, spec), place)
     if spec in (DEFAULT_MODEL, "default"):
-        return _ready(_load_gguf(default_gguf_path(), home, dtype, spec))
+        return _ready(_load_gguf(default_gguf_path(), home, dtype, spec), place)
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix == ".gguf":
-        return _ready(_load_gguf(path, home, dtype, spec))
+        return _ready(_load_gguf(path, home, dtype, spec), place)
     if path.is_dir():
-        return _ready(_load_directory(path, home, dtype))
+        return _ready(_load_directory(path, home, dtype, merge_adapter, place), place)
     if path.suffix == ".gguf" or spec.startswith((".", "/", "~")):
         raise ModelNotFoundError(f"model '{spec}': no such file or directory ({path.resolve()})")
-    return _ready(_load_hub(spec, dtype))
+    return _ready(_load_hub(spec, dtype), place)
 
 
 def load_tokenizer(spec: str | None = None, home: Path | None = None) -> PreTrainedTokenizerBase:
@@ -123,7 +188,8 @@ def _load_gguf(gguf: Path, home: Path, dtype: torch.dtype, spec: str) -> LoadedM
     cache = gguf_cache_dir(gguf, home)
     if not (cache / "config.json").is_file():
         log.info("dequantizing %s once; caching safetensors in %s", gguf, cache)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
+        # cached in float32 whatever this load asks for, so a later float32 load is not a rounded bfloat16 copy
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         _write_cache(model, tokenizer, cache)
     model = AutoModelForCausalLM.from_pretrained(cache, dtype=dtype)
@@ -147,14 +213,16 @@ def _write_cache(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cac
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _load_directory(path: Path, home: Path, dtype: torch.dtype) -> LoadedModel:
+def _load_directory(path: Path, home: Path, dtype: torch.dtype, merge_adapter: bool = True,
+                    device: torch.device | None = None) -> LoadedModel:
     manifest = read_manifest(path)
     base_spec = manifest.get("base_model", str(path))
     if (path / "adapter_config.json").is_file():  # a LoRA adapter written by `lte align --lora`
         from peft import PeftModel
 
-        base = load_model(base_spec, home, dtype)
-        model = PeftModel.from_pretrained(base.model, path).merge_and_unload()
+        base = load_model(base_spec, home, dtype, device=device.type if device else None)
+        model = PeftModel.from_pretrained(base.model, path)
+        model = model.merge_and_unload() if merge_adapter else model
         has_tokenizer = (path / "tokenizer_config.json").is_file()
         tokenizer = AutoTokenizer.from_pretrained(path) if has_tokenizer else base.tokenizer
         return LoadedModel(model, tokenizer, str(path), base_spec)
@@ -175,11 +243,10 @@ def _load_hub(spec: str, dtype: torch.dtype) -> LoadedModel:
     return LoadedModel(model, tokenizer, spec, spec)
 
 
-def _ready(loaded: LoadedModel) -> LoadedModel:
+def _ready(loaded: LoadedModel, device: torch.device) -> LoadedModel:
     tokenizer = loaded.tokenizer
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     loaded.model.to(device).eval()
     # Generation is greedy everywhere; clear sampling defaults so transformers does not warn on every call.
     generation = loaded.model.generation_config

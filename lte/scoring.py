@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -66,8 +67,10 @@ class ModelRunner:
     """Runs a model on rendered prompts, batching similar lengths together; results come back in input order.
     Scoring pads on the right, generation on the left."""
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int = 16):
-        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int = 16,
+                 context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
+        """context: what every forward pass runs inside (`LoadedModel.context`: a LoRA adapter switched off)."""
+        self.model, self.tokenizer, self.batch_size, self.context = model, tokenizer, batch_size, context
 
     @property
     def device(self) -> torch.device:
@@ -77,9 +80,10 @@ class ModelRunner:
     def score(self, prompts: Sequence[str], targets: Sequence[str]) -> list[TargetScore]:
         pairs = [target_ids(self.tokenizer, p, t) for p, t in zip(prompts, targets)]
         scores: list[TargetScore | None] = [None] * len(pairs)
-        for rows in length_batches([len(p) + len(t) for p, t in pairs], self.batch_size):
-            for row, score in zip(rows, self._score_batch([pairs[i] for i in rows])):
-                scores[row] = score
+        with self.context():
+            for rows in length_batches([len(p) + len(t) for p, t in pairs], self.batch_size):
+                for row, score in zip(rows, self._score_batch([pairs[i] for i in rows])):
+                    scores[row] = score
         return scores
 
     def _score_batch(self, pairs: list[tuple[list[int], list[int]]]) -> list[TargetScore]:
@@ -114,8 +118,9 @@ class ModelRunner:
         for rows in length_batches(lengths, self.batch_size):
             batch = self.tokenizer([prompts[i] for i in rows], add_special_tokens=False,
                                    padding=True, padding_side="left", return_tensors="pt").to(self.device)
-            output = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                         pad_token_id=self.tokenizer.pad_token_id)
+            with self.context():
+                output = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                             pad_token_id=self.tokenizer.pad_token_id)
             new_tokens = output[:, batch["input_ids"].shape[1]:]
             for row, text in zip(rows, self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
                 texts[row] = text
@@ -125,8 +130,9 @@ class ModelRunner:
     def complete(self, prompt: str, max_new_tokens: int) -> Completion:
         """One prompt, greedy, with the token counts and finish reason an API reports."""
         ids = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt").to(self.device)
-        output = self.model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=self.tokenizer.pad_token_id)[0, ids["input_ids"].shape[1]:]
+        with self.context():
+            output = self.model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
+                                         pad_token_id=self.tokenizer.pad_token_id)[0, ids["input_ids"].shape[1]:]
         ended = bool(len(output)) and output[-1].item() == self.tokenizer.eos_token_id
         reason = "stop" if ended or len(output) < max_new_tokens else "length"
         return Completion(self.tokenizer.decode(output, skip_special_tokens=True), ids["input_ids"].shape[1],
@@ -147,7 +153,11 @@ class ModelRunner:
 
         ids = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt").to(self.device)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        thread = threading.Thread(target=self.model.generate, daemon=True, kwargs=dict(
+        def generate(**kwargs) -> None:
+            with self.context():
+                self.model.generate(**kwargs)
+
+        thread = threading.Thread(target=generate, daemon=True, kwargs=dict(
             **ids, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer,
             pad_token_id=self.tokenizer.pad_token_id, stopping_criteria=StoppingCriteriaList([Stopped()])))
         thread.start()

@@ -24,6 +24,8 @@ class Settings:
     collection: the named edit set inside the store (LTE_COLLECTION, default "edits").
     datasets: the folder holding the public datasets `lte eval`/`lte bench` know by name (LTE_DATASETS; default
     the first of DATASET_DIR_CANDIDATES that exists, relative to the working directory).
+    device, dtype: where and in which precision models run (LTE_DEVICE, LTE_DTYPE; 'auto': CUDA in bfloat16 where
+    available, else the CPU in float32 — see `lte.models.resolve_device`/`resolve_dtype`).
     """
 
     home: Path
@@ -32,6 +34,13 @@ class Settings:
     chroma_url: str | None = None
     collection: str = "edits"
     datasets: Path | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+
+    @property
+    def placement(self) -> dict[str, str]:
+        """`load_model` keyword arguments: every model a command loads runs where the user said."""
+        return {"device": self.device, "dtype": self.dtype}
 
     @property
     def datasets_dir(self) -> Path | None:
@@ -46,7 +55,7 @@ class Settings:
     @classmethod
     def from_env(cls, home: str | None = None, model: str | None = None, store: str | None = None,
                  chroma_url: str | None = None, collection: str | None = None,
-                 datasets: str | None = None) -> Settings:
+                 datasets: str | None = None, device: str | None = None, dtype: str | None = None) -> Settings:
         """Flags win over environment variables, which win over defaults."""
         env = os.environ
         home_path = Path(home or env.get("LTE_HOME") or Path.home() / ".cache" / "lte").expanduser()
@@ -59,6 +68,8 @@ class Settings:
             collection=collection or env.get("LTE_COLLECTION") or "edits",
             datasets=Path(datasets_value).expanduser() if (datasets_value := datasets or env.get("LTE_DATASETS"))
             else None,
+            device=device or env.get("LTE_DEVICE") or "auto",
+            dtype=dtype or env.get("LTE_DTYPE") or "auto",
         )
 
 

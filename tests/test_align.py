@@ -1,6 +1,8 @@
 import json
 import random
 
+import pytest
+
 from lte import prompting
 from lte.align.data import AlignDataConfig, build_rows, table_cases, whole_sentences
 from lte.align.finetune import AlignConfig, align
@@ -88,3 +90,24 @@ def test_lora_alignment_writes_an_adapter_that_loads_merged(tmp_path):
     assert (out / "adapter_config.json").is_file()
     merged = load_model(str(out))
     assert merged.base_spec == "tiny-random" and not hasattr(merged.model, "peft_config")
+
+
+@pytest.mark.slow
+def test_align_runs_under_accelerate_launch(tmp_path):
+    """TRL's multi-GPU path: `accelerate launch ... -m lte.cli align`; one CPU process here (the main process
+    builds the data, trains and alone writes the model, gate and manifest)."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "aligned"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    command = ["-m", "lte.cli", "--model", "tiny-random", "align", "--out", str(out), "--max-steps", "2",
+               "--batch-size", "4", "--in-scope", "24", "--out-of-scope", "12", "--linguistic", "6", "--describe", "6"]
+    done = subprocess.run(launch + command, env={**os.environ, "LTE_HOME": str(tmp_path / "home")},
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["steps"] == 2 and (out / "gate.json").is_file()
+    assert load_model(str(out)).base_spec == "tiny-random"

@@ -13,6 +13,7 @@ import json
 from collections.abc import Sequence
 
 import pytest
+import torch
 
 from lte.editor import Editor, Query, UneditedEditor
 from lte.harness import MODES, EvalConfig, evaluate
@@ -123,6 +124,30 @@ def test_stats_are_json_and_only_the_oracle_reads_case_edits(make, name):
         assert with_case != without
     else:
         assert with_case == without, f"{name}: its scores depend on Query.case_edits (only the oracle may read it)"
+
+
+@pytest.fixture(scope="module")
+def tiny_bf16():
+    from lte.models import load_model
+
+    return load_model("tiny-random", dtype="bfloat16")
+
+
+@pytest.mark.parametrize("name", editor_names())
+def test_every_editor_works_on_a_bfloat16_model(tiny_bf16, ke_trained, mend_trained, tmp_path, name):
+    """`--dtype bfloat16` (the GPU default): every editor applies, answers and restores exactly on half-precision
+    weights (its own solves and trained parameters keep their precision)."""
+    checkpoints = {"ke": {"checkpoint": str(ke_trained[0])}, "mend": {"checkpoint": str(mend_trained[0])}}
+    settings = Settings(home=tmp_path / "home", model="tiny-random", dtype="bfloat16")
+    editor = build_editor(name, settings, tiny_bf16, editor_config(name, dict(TINY_OPTIONS[name],
+                                                                             **checkpoints.get(name, {}))))
+    before = snapshot(editor)
+    editor.apply(EDITS)
+    edited = snapshot(editor)
+    editor.restore()
+    assert snapshot(editor) == before, f"{name}: restore in bfloat16 did not bring everything back"
+    assert (edited == before) == (name in NO_EFFECT)
+    assert next(tiny_bf16.model.parameters()).dtype == torch.bfloat16
 
 
 def contract_cases() -> list[EditCase]:

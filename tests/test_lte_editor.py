@@ -119,3 +119,41 @@ def test_restore_keeps_what_was_in_a_users_store_before(tiny, embedder):
     assert store.get(NEEDLE.id).status == "superseded"
     editor.restore()
     assert {s.edit.id: s.status for s in store.list(history=True)} == {mine.id: "current", NEEDLE.id: "current"}
+
+
+def test_a_lora_model_answers_unrelated_questions_with_its_own_weights_adapter_off(tiny, tmp_path):
+    """`lte align --lora` output loaded unmerged: the unedited route is the same weights with the adapter off (no
+    second copy), answering exactly as the base model; the aligned route matches the merged model's."""
+    import json
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from lte.editor import UneditedEditor
+    from lte.lte_editor import LTEEditor
+    from lte.models import MANIFEST, load_model
+    from lte.settings import Settings
+    from lte.tiny import build_tiny_model
+
+    model, _ = build_tiny_model()  # the same weights as `tiny`, which stays the plain base here
+    adapter = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    adapter.save_pretrained(tmp_path / "lora")
+    (tmp_path / "lora" / MANIFEST).write_text(json.dumps({"base_model": "tiny-random"}))
+    settings = Settings(home=tmp_path / "home", model=str(tmp_path / "lora"))
+    related, unrelated = Query("Where is the Space Needle?"), Query("Who wrote Hamlet?")
+
+    one_copy = LTEEditor.from_config(settings, load_model(settings.model, settings.home, merge_adapter=False))
+    assert one_copy.unedited.adapter_disabled and one_copy.unedited_runner.model is one_copy.runner.model
+    one_copy.apply([NEEDLE])
+    scores = one_copy.score([related, unrelated], ["Goa", "Shakespeare"])
+    base_score = UneditedEditor(tiny).score([unrelated], ["Shakespeare"])[0]
+    assert scores[1] == base_score  # exactly the base model's answer
+    assert one_copy.score([unrelated], ["Shakespeare"])[0] == base_score  # and the adapter is back on after
+    assert one_copy.runner_for(True).score(["x"], [" y"]) != UneditedEditor(tiny).runner.score(["x"], [" y"])
+
+    two_copies = LTEEditor.from_config(settings, load_model(settings.model, settings.home))  # merged + a base copy
+    assert two_copies.unedited_runner.model is not two_copies.runner.model
+    two_copies.apply([NEEDLE])
+    merged = two_copies.score([related, unrelated], ["Goa", "Shakespeare"])
+    assert merged[1] == scores[1]
+    assert torch.allclose(torch.tensor(merged[0].logprobs), torch.tensor(scores[0].logprobs), atol=1e-4)

@@ -29,6 +29,9 @@ class AlignConfig:
 
     epochs: passes over the data (ignored when max_steps > 0). batch_size × grad_accum = effective batch.
     lora: train a LoRA adapter (r=lora_r on all linear layers) instead of every weight — for large models.
+    precision: 'auto' (bfloat16 mixed precision on a CUDA device that supports it, float32 elsewhere), 'float32',
+    'bfloat16' or 'float16'; the weights stay float32 (half-precision weights lose small Adam updates) and the
+    forward/backward passes run in the half type through autocast. Set from the global --dtype.
     """
 
     out: Path = Path("aligned")
@@ -42,30 +45,47 @@ class AlignConfig:
     lora: bool = False
     lora_r: int = 16
     save_steps: int = 50
+    precision: str = "auto"
     seed: int = 0
     data: AlignDataConfig = field(default_factory=AlignDataConfig)
 
 
 def align(loaded: LoadedModel, cfg: AlignConfig, progress: bool = True) -> Path:
-    """Build (or reuse) the alignment data, train, and write the model and its manifest into cfg.out."""
+    """Build (or reuse) the alignment data, train, and write the model and its manifest into cfg.out.
+
+    Under `accelerate launch` (several processes, one per GPU) the main process builds the data first and the
+    others read it; each trains on its shard through TRL; only the main process writes the model, gate and
+    manifest."""
+    from accelerate import PartialState
+
     out = Path(cfg.out)
-    data_file = out / "alignment.jsonl"
-    if data_file.is_file():  # resuming: train on exactly the data the checkpoints were trained on
-        rows = [json.loads(line) for line in data_file.read_text().splitlines()]
-        data_hash = json.loads((out / "alignment.meta.json").read_text())["hash"]
-    else:
-        rows = build_rows(loaded, cfg.data, cfg.data_files, progress)
-        data_hash = write_rows(rows, data_file)
-        (out / "alignment.meta.json").write_text(json.dumps({"hash": data_hash, "rows": len(rows)}))
+    state = PartialState()
+    with state.main_process_first():
+        rows, data_hash = alignment_rows(loaded, cfg, out, progress)
     start = time.time()
     trainer = _trainer(loaded, rows, cfg, progress)
     checkpoints = out / "checkpoints"
     resume = checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*"))
     trainer.train(resume_from_checkpoint=True if resume else None)
     seconds = time.time() - start
-    fit_gate_for(cfg, out)
-    _save(trainer, loaded, cfg, out, data_hash, len(rows), seconds)
+    if state.is_main_process:
+        fit_gate_for(cfg, out)
+        _save(trainer, loaded, cfg, out, data_hash, len(rows), seconds)
+    state.wait_for_everyone()
     return out
+
+
+def alignment_rows(loaded: LoadedModel, cfg: AlignConfig, out: Path, progress: bool) -> tuple[list[dict], str]:
+    """The training rows and their hash: read back when OUT already has them (a resumed run trains on exactly
+    the data its checkpoints were trained on), else built and written."""
+    data_file = out / "alignment.jsonl"
+    if data_file.is_file():
+        rows = [json.loads(line) for line in data_file.read_text().splitlines()]
+        return rows, json.loads((out / "alignment.meta.json").read_text())["hash"]
+    rows = build_rows(loaded, cfg.data, cfg.data_files, progress)
+    data_hash = write_rows(rows, data_file)
+    (out / "alignment.meta.json").write_text(json.dumps({"hash": data_hash, "rows": len(rows)}))
+    return rows, data_hash
 
 
 GATE_CASES_PER_SOURCE = 1000  # the tables and each data file weigh alike (a 10,000-case file would decide alone)
@@ -84,15 +104,22 @@ def fit_gate_for(cfg: AlignConfig, out: Path, embedder=None) -> None:
 
 
 def _trainer(loaded: LoadedModel, rows: list[dict], cfg: AlignConfig, progress: bool):
+    import torch
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
+
+    from lte.models import resolve_dtype
+
+    device = next(loaded.model.parameters()).device
+    half = resolve_dtype(cfg.precision, device)
 
     args = SFTConfig(
         output_dir=str(Path(cfg.out) / "checkpoints"), max_steps=cfg.max_steps, num_train_epochs=cfg.epochs,
         per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.learning_rate, lr_scheduler_type="cosine", warmup_steps=0.05, max_length=cfg.max_length,
         completion_only_loss=True, logging_steps=10, save_steps=cfg.save_steps, save_total_limit=2, seed=cfg.seed,
-        report_to="none", disable_tqdm=not progress, use_cpu=not _cuda(), bf16=False, fp16=False,
+        report_to="none", disable_tqdm=not progress, use_cpu=device.type == "cpu", bf16=half == torch.bfloat16,
+        fp16=half == torch.float16,
         dataloader_num_workers=0, **_length_grouping(SFTConfig),
     )
     peft_config = None
@@ -131,9 +158,3 @@ def _length_grouping(config_class) -> dict:
     if "train_sampling_strategy" in names:
         return {"train_sampling_strategy": "group_by_length"}
     return {"group_by_length": True} if "group_by_length" in names else {}
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()

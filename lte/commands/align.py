@@ -44,7 +44,8 @@ def run(args, settings) -> int:
                            describe=args.describe, seed=args.seed)
     cfg = AlignConfig(out=out, data_files=args.data, max_steps=args.max_steps, epochs=args.epochs,
                       batch_size=args.batch_size, learning_rate=args.learning_rate, lora=args.lora,
-                      seed=args.seed, data=data)
-    align(load_model(settings.model, settings.home), cfg)
+                      seed=args.seed, data=data, precision=settings.dtype)
+    # float32 master weights on the chosen device; --dtype sets the mixed precision of the passes
+    align(load_model(settings.model, settings.home, dtype="float32", device=settings.device), cfg)
     print(f"aligned model written to {out}; use it with: lte --model {out} ask \"...\"")
     return 0

@@ -13,7 +13,7 @@ from lte.datasets import load_cases, load_edits
 from lte.errors import ConfigError
 from lte.harness import MODES, EvalConfig, evaluate, format_table
 from lte.models import load_model
-from lte.registry import EDITORS, build_editor, editor_config
+from lte.registry import EDITORS, base_model_of, build_editor, editor_config
 
 
 def register(commands) -> None:
@@ -60,9 +60,9 @@ def run(args, settings) -> int:
     label, path = dataset_path(args.dataset, settings)
     cases = load_cases(str(path))[args.skip:][: args.limit]
     extra = [edit for path in args.extra_edits for edit in load_edits(path)]
-    loaded = load_model(settings.model, settings.home)
+    loaded = load_model(settings.model, settings.home, **settings.placement)
     editor = build_editor(args.editor, settings, loaded, options, args.batch_size)
-    reference_model = loaded if loaded.base_spec == loaded.spec else load_model(loaded.base_spec, settings.home)
+    reference_model = base_model_of(loaded, settings)
     reference = build_editor("none", settings, reference_model, batch_size=args.batch_size)
     start = time.time()
     report = evaluate(editor, cases, reference, cfg, dataset=label + (f" (from case {args.skip})" if args.skip else ""),

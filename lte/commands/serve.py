@@ -79,10 +79,26 @@ def local_service(args, settings, cfg):
     from lte.lte_editor import LTEConfig, LTEEditor
     from lte.server import Service
 
-    loaded = load_model(settings.model, settings.home)
+    loaded = load_model(settings.model, settings.home, merge_adapter=False, **settings.placement)
     # a generation-only backend keeps no edits: an in-memory store, never the user's
     editor = LTEEditor.from_config(settings, loaded, LTEConfig(k=args.k), private_store=args.generation_only)
+    log_routing(editor)
     return Service.local(editor, cfg)
+
+
+def log_routing(editor) -> None:
+    """Say what answering unrelated questions with the unedited base costs in memory."""
+    unedited = editor.unedited
+    if unedited is None:
+        return
+    if unedited.adapter_disabled:
+        log.warning("lte serve: questions with no relevant edit go to %s: the same weights with the LoRA adapter "
+                    "off (no second copy in memory)", unedited.spec)
+    else:
+        log.warning("lte serve: questions with no relevant edit go to %s, a second copy in memory (%.0f MB of "
+                    "weights beside the aligned model's %.0f MB); a model aligned with `lte align --lora` is "
+                    "served from one copy", unedited.spec, unedited.weight_bytes() / 2**20,
+                    editor.loaded.weight_bytes() / 2**20)
 
 
 def remote_service(args, settings, cfg, url):
