@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     settings = Settings.from_env(home=args.home, model=args.model, store=args.store, chroma_url=args.chroma_url,
                                  collection=args.collection, datasets=args.datasets_dir, device=args.device,
-                                 dtype=args.dtype)
+                                 dtype=args.dtype, chat_template=args.chat_template)
     try:
         return args.handler(args, settings) or 0
     except LTEError as error:
@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), help="weights' precision; "
                         "auto: bfloat16 on CUDA where supported, else float32 (editors' solves stay float64; "
                         "`lte align` keeps float32 weights and trains in mixed precision) [env LTE_DTYPE]")
+    parser.add_argument("--chat-template", metavar="FILE", help="Jinja chat template for a model that ships none "
+                        "(e.g. a GGUF without one; lte's plain prompt format is used otherwise) "
+                        "[env LTE_CHAT_TEMPLATE]")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what is happening")
     parser.add_argument("--debug", action="store_true", help="print the traceback of errors too")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")

@@ -129,7 +129,7 @@ def run_bench(cfg: BenchConfig, settings: Settings, progress: bool = True, comma
     Each new cell records `command`, so a report built from several runs says which run made which cell."""
     cells_dir = cfg.out / "cells"
     cells_dir.mkdir(parents=True, exist_ok=True)
-    loaded = load_model(settings.model, settings.home, **settings.placement)
+    loaded = load_model(settings.model, settings.home, **settings.load_options)
     results = cached_cells(cfg.out)
     shared_references: dict = {}
     for cell, cases in grid(cfg, settings):

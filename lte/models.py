@@ -25,7 +25,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from lte.errors import ConfigError, ModelNotFoundError
+from lte.errors import ConfigError, InputFileError, ModelNotFoundError
 from lte.settings import DEFAULT_MODEL, lte_home
 
 __all__ = ["LoadedModel", "ModelNotFoundError", "load_model", "load_tokenizer", "model_identity"]
@@ -111,31 +111,58 @@ def resolve_dtype(name: str | torch.dtype | None, device: torch.device) -> torch
 
 
 def load_model(spec: str | None = None, home: Path | None = None, dtype: str | torch.dtype | None = None,
-               merge_adapter: bool = True, device: str | None = None) -> LoadedModel:
+               merge_adapter: bool = True, device: str | None = None,
+               chat_template: str | Path | None = None) -> LoadedModel:
     """Load `spec` (default: the bundled SmolLM2-135M-Instruct) in eval mode on `device` in `dtype` (names as in
-    `--device`/`--dtype`; None: 'auto').
+    `--device`/`--dtype`; None: 'auto'), with the chat template in the file `chat_template` if given.
     A LoRA adapter directory is merged into its base (a plain model every editor can hook), unless
     `merge_adapter=False`: then the adapter stays separate, so the base model is the same weights with it off
     (`LoadedModel.without_adapter`; what `lte serve` and `lte ask` route unrelated questions to)."""
-    spec = spec or DEFAULT_MODEL
-    home = home or lte_home()
     place = resolve_device(device)
-    dtype = resolve_dtype(dtype, place)
+    loaded = _load(spec or DEFAULT_MODEL, home or lte_home(), resolve_dtype(dtype, place), merge_adapter, place)
+    if chat_template is not None:
+        loaded.tokenizer.chat_template = read_chat_template(chat_template)
+    return _ready(loaded, place)
+
+
+def _load(spec: str, home: Path, dtype: torch.dtype, merge_adapter: bool, place: torch.device) -> LoadedModel:
     if spec == TINY_MODEL:
         from lte.tiny import build_tiny_model
 
         model, tokenizer = build_tiny_model()
-        return _ready(LoadedModel(model.to(dtype), tokenizer, spec, spec), place)
+        return LoadedModel(model.to(dtype), tokenizer, spec, spec)
     if spec in (DEFAULT_MODEL, "default"):
-        return _ready(_load_gguf(default_gguf_path(), home, dtype, spec), place)
+        return _load_gguf(default_gguf_path(), home, dtype, spec)
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix == ".gguf":
-        return _ready(_load_gguf(path, home, dtype, spec), place)
+        return _load_gguf(path, home, dtype, spec)
     if path.is_dir():
-        return _ready(_load_directory(path, home, dtype, merge_adapter, place), place)
+        return _load_directory(path, home, dtype, merge_adapter, place)
     if path.suffix == ".gguf" or spec.startswith((".", "/", "~")):
         raise ModelNotFoundError(f"model '{spec}': no such file or directory ({path.resolve()})")
-    return _ready(_load_hub(spec, dtype), place)
+    return _load_hub(spec, dtype)
+
+
+def bundled_chat_templates() -> dict[str, Path]:
+    """Templates shipped in data/chat_templates, by name (`--chat-template gemma`)."""
+    from importlib.resources import files
+
+    folder = Path(str(files("lte_data").joinpath("chat_templates")))
+    return {p.stem: p for p in sorted(folder.glob("*.jinja"))}
+
+
+def read_chat_template(path: str | Path) -> str:
+    """The template in file `path`, or the bundled one of that name."""
+    bundled = bundled_chat_templates()
+    path = bundled[str(path)] if str(path) in bundled and not Path(path).expanduser().is_file() else Path(path)
+    path = path.expanduser()
+    if not path.is_file():
+        raise InputFileError(f"--chat-template {path}: no such file (bundled templates: {', '.join(bundled)})")
+    text = path.read_text(encoding="utf-8")
+    if "add_generation_prompt" not in text:
+        raise InputFileError(f"--chat-template {path}: not a chat template (it never reads add_generation_prompt, "
+                             "so it cannot open the assistant's turn)")
+    return text
 
 
 def load_tokenizer(spec: str | None = None, home: Path | None = None) -> PreTrainedTokenizerBase:
@@ -252,7 +279,29 @@ def _ready(loaded: LoadedModel, device: torch.device) -> LoadedModel:
     generation = loaded.model.generation_config
     generation.do_sample, generation.temperature, generation.top_p, generation.top_k = False, None, None, None
     generation.pad_token_id = tokenizer.pad_token_id
+    generation.eos_token_id = stop_token_ids(tokenizer, generation.eos_token_id)
     return loaded
+
+
+def stop_token_ids(tokenizer: PreTrainedTokenizerBase, eos: int | list[int] | None) -> list[int]:
+    """The model's end-of-sequence ids plus the token its chat template closes an assistant turn with, when that
+    is another special token (Gemma's template ends turns with <end_of_turn>, not <eos>): generation stops at the
+    end of the answer whatever the model family."""
+    ids = [i for i in ([eos] if isinstance(eos, int) else list(eos or [])) if i is not None]
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    if tokenizer.chat_template:
+        marker = "\u2063lte-end\u2063"
+        try:
+            text = tokenizer.apply_chat_template([{"role": "user", "content": "x"}, {"role": "assistant",
+                                                  "content": marker}], tokenize=False)
+        except Exception:  # a template that refuses this conversation shape: keep the model's own stop ids
+            return ids
+        after = tokenizer(text.split(marker, 1)[-1], add_special_tokens=False)["input_ids"][:1]
+        special = {i for i, token in tokenizer.added_tokens_decoder.items() if token.special}
+        if after and after[0] in special and after[0] not in ids:
+            ids.append(after[0])
+    return ids
 
 
 def read_manifest(directory: Path) -> dict:

@@ -7,15 +7,20 @@ completion. A question or instruction ends the prompt at the start of the assist
 space.
 We use the chat template because the default model is an instruct model, LTE is trained and served in chat form, and
 parameter editors must be measured on the same text the served model sees. Tokenizers without a chat template fall
-back to plain text with the same rules.
+back to plain text with the same rules (or take one with `--chat-template FILE`).
 
-Edits enter only through `facts`: each is flattened to one line and stripped of the tokenizer's special tokens, so
-an edit's text cannot close the user turn or replace the system prompt.
+Rendered text is always tokenised without special tokens (the template writes them), so a prompt starts with the
+tokenizer's BOS text whenever the tokenizer would add it by default and the template did not write it (Gemma's GGUF
+has no template and its model needs <bos>; SmolLM2 adds none).
+
+Edits enter only through `facts`: each is flattened to one line and stripped of the tokenizer's special (control)
+tokens, so an edit's text cannot close the user turn or replace the system prompt.
 """
 
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Sequence
 
 from transformers import PreTrainedTokenizerBase
@@ -55,10 +60,31 @@ def format_target(query: str, target: str) -> str:
     return target
 
 
+_CONTROL_PATTERNS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def control_pattern(tokenizer: PreTrainedTokenizerBase) -> re.Pattern:
+    """Every special token of the tokenizer (named ones and added control tokens such as <|im_end|> or
+    <end_of_turn>), longest first; built once per tokenizer."""
+    if tokenizer not in _CONTROL_PATTERNS:
+        tokens = set(tokenizer.all_special_tokens) | {"<|im_start|>", "<|im_end|>"}
+        tokens |= {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+        ordered = sorted((t for t in tokens if t), key=len, reverse=True)
+        _CONTROL_PATTERNS[tokenizer] = re.compile("|".join(map(re.escape, ordered)))
+    return _CONTROL_PATTERNS[tokenizer]
+
+
 def sanitize_fact(text: str, tokenizer: PreTrainedTokenizerBase) -> str:
-    for token in set(tokenizer.all_special_tokens) | {"<|im_start|>", "<|im_end|>"}:
-        text = text.replace(token, " ")
-    return re.sub(r"\s+", " ", text).strip()
+    return re.sub(r"\s+", " ", control_pattern(tokenizer).sub(" ", text)).strip()
+
+
+def with_start(tokenizer: PreTrainedTokenizerBase, text: str) -> str:
+    """`text` led by the BOS token when the tokenizer adds one by default and the text lacks it."""
+    bos = tokenizer.bos_token
+    if not bos or text.startswith(bos):
+        return text
+    default = tokenizer("a")["input_ids"]
+    return bos + text if default[:1] == [tokenizer.bos_token_id] else text
 
 
 def render(tokenizer: PreTrainedTokenizerBase, query: str, facts: Sequence[str] = ()) -> str:
@@ -68,10 +94,10 @@ def render(tokenizer: PreTrainedTokenizerBase, query: str, facts: Sequence[str] 
     if tokenizer.chat_template:
         chat = tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
                                              add_generation_prompt=True)
-        return chat + assistant_prefill(query)
+        return with_start(tokenizer, chat + assistant_prefill(query))
     if is_cloze(query):  # plain-text fallback for base models
-        return f"{content}\n{assistant_prefill(query)}"
-    return f"{content}\nAnswer: "
+        return with_start(tokenizer, f"{content}\n{assistant_prefill(query)}")
+    return with_start(tokenizer, f"{content}\nAnswer: ")
 
 
 def render_conversation(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict[str, str]],
@@ -84,7 +110,7 @@ def render_conversation(tokenizer: PreTrainedTokenizerBase, messages: Sequence[d
     facts = [f for f in (sanitize_fact(f, tokenizer) for f in facts) if f]
     turns = list(history) + [{"role": "user", "content": user_message(last["content"], facts)}]
     text = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
-    return text + assistant_prefill(last["content"])
+    return with_start(tokenizer, text + assistant_prefill(last["content"]))
 
 
 def chat_messages(query: str, facts: Sequence[str], answer: str) -> list[dict[str, str]]:

@@ -83,7 +83,7 @@ def build_editor(name: str, settings: Settings, loaded: LoadedModel | None = Non
     its options (`editor_config`; defaults when None)."""
     spec = spec_for(name)
     config = config if config is not None else editor_config(name)
-    loaded = loaded or load_model(settings.model, settings.home, **settings.placement)
+    loaded = loaded or load_model(settings.model, settings.home, **settings.load_options)
     if spec.uses_base_model:
         loaded = base_model_of(loaded, settings)
     editor = spec.editor_class().from_config(settings, loaded, config, batch_size)
@@ -95,4 +95,4 @@ def base_model_of(loaded: LoadedModel, settings: Settings) -> LoadedModel:
     """The unedited base `loaded` derives from: itself for a plain model, else loaded (where the user placed
     models). Locality references and parameter editors use it."""
     return loaded if loaded.base_spec == loaded.spec else load_model(loaded.base_spec, settings.home,
-                                                                      **settings.placement)
+                                                                      **settings.load_options)

@@ -133,7 +133,9 @@ class ModelRunner:
         with self.context():
             output = self.model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
                                          pad_token_id=self.tokenizer.pad_token_id)[0, ids["input_ids"].shape[1]:]
-        ended = bool(len(output)) and output[-1].item() == self.tokenizer.eos_token_id
+        stops = self.model.generation_config.eos_token_id
+        stops = stops if isinstance(stops, list) else [stops, self.tokenizer.eos_token_id]
+        ended = bool(len(output)) and output[-1].item() in stops
         reason = "stop" if ended or len(output) < max_new_tokens else "length"
         return Completion(self.tokenizer.decode(output, skip_special_tokens=True), ids["input_ids"].shape[1],
                           len(output), reason)

@@ -26,6 +26,8 @@ class Settings:
     the first of DATASET_DIR_CANDIDATES that exists, relative to the working directory).
     device, dtype: where and in which precision models run (LTE_DEVICE, LTE_DTYPE; 'auto': CUDA in bfloat16 where
     available, else the CPU in float32 — see `lte.models.resolve_device`/`resolve_dtype`).
+    chat_template: a Jinja chat template file for models that ship none (LTE_CHAT_TEMPLATE); `lte align` saves it
+    with the aligned model.
     """
 
     home: Path
@@ -36,11 +38,14 @@ class Settings:
     datasets: Path | None = None
     device: str = "auto"
     dtype: str = "auto"
+    chat_template: Path | None = None
 
     @property
-    def placement(self) -> dict[str, str]:
-        """`load_model` keyword arguments: every model a command loads runs where the user said."""
-        return {"device": self.device, "dtype": self.dtype}
+    def load_options(self) -> dict:
+        """`load_model` keyword arguments: every model a command loads runs where the user said, with the chat
+        template the user gave."""
+        options = {"device": self.device, "dtype": self.dtype}
+        return options | ({"chat_template": self.chat_template} if self.chat_template else {})
 
     @property
     def datasets_dir(self) -> Path | None:
@@ -55,7 +60,8 @@ class Settings:
     @classmethod
     def from_env(cls, home: str | None = None, model: str | None = None, store: str | None = None,
                  chroma_url: str | None = None, collection: str | None = None,
-                 datasets: str | None = None, device: str | None = None, dtype: str | None = None) -> Settings:
+                 datasets: str | None = None, device: str | None = None, dtype: str | None = None,
+                 chat_template: str | None = None) -> Settings:
         """Flags win over environment variables, which win over defaults."""
         env = os.environ
         home_path = Path(home or env.get("LTE_HOME") or Path.home() / ".cache" / "lte").expanduser()
@@ -70,6 +76,8 @@ class Settings:
             else None,
             device=device or env.get("LTE_DEVICE") or "auto",
             dtype=dtype or env.get("LTE_DTYPE") or "auto",
+            chat_template=Path(template).expanduser() if (template := chat_template or env.get("LTE_CHAT_TEMPLATE"))
+            else None,
         )
 
 

@@ -61,9 +61,9 @@ def test_device_and_dtype_resolve_from_flags_and_env(monkeypatch):
     monkeypatch.setenv("LTE_DTYPE", "bfloat16")
     monkeypatch.setenv("LTE_DEVICE", "cpu")
     settings = Settings.from_env()
-    assert settings.placement == {"device": "cpu", "dtype": "bfloat16"}
+    assert settings.load_options == {"device": "cpu", "dtype": "bfloat16"}
     assert Settings.from_env(dtype="float32").dtype == "float32"  # the flag wins
-    loaded = load_model("tiny-random", **settings.placement)
+    loaded = load_model("tiny-random", **settings.load_options)
     assert next(loaded.model.parameters()).dtype == torch.bfloat16
 
 

@@ -46,6 +46,6 @@ def run(args, settings) -> int:
                       batch_size=args.batch_size, learning_rate=args.learning_rate, lora=args.lora,
                       seed=args.seed, data=data, precision=settings.dtype)
     # float32 master weights on the chosen device; --dtype sets the mixed precision of the passes
-    align(load_model(settings.model, settings.home, dtype="float32", device=settings.device), cfg)
+    align(load_model(settings.model, settings.home, **(settings.load_options | {"dtype": "float32"})), cfg)
     print(f"aligned model written to {out}; use it with: lte --model {out} ask \"...\"")
     return 0

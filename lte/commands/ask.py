@@ -21,7 +21,7 @@ def run(args, settings) -> int:
     from lte.lte_editor import LTEConfig, LTEEditor
 
     # an unmerged LoRA adapter: unrelated questions run on the same weights with it off (one copy in memory)
-    loaded = load_model(settings.model, settings.home, merge_adapter=False, **settings.placement)
+    loaded = load_model(settings.model, settings.home, merge_adapter=False, **settings.load_options)
     editor = LTEEditor.from_config(settings, loaded, LTEConfig(k=args.k), private_store=False)
     answer = editor.answer(args.question, args.max_new_tokens)
     used = [{"id": h.edit.id, "score": h.score, "statement": h.edit.statement} for h in answer.hits]

@@ -60,7 +60,7 @@ def run(args, settings) -> int:
     label, path = dataset_path(args.dataset, settings)
     cases = load_cases(str(path))[args.skip:][: args.limit]
     extra = [edit for path in args.extra_edits for edit in load_edits(path)]
-    loaded = load_model(settings.model, settings.home, **settings.placement)
+    loaded = load_model(settings.model, settings.home, **settings.load_options)
     editor = build_editor(args.editor, settings, loaded, options, args.batch_size)
     reference_model = base_model_of(loaded, settings)
     reference = build_editor("none", settings, reference_model, batch_size=args.batch_size)

@@ -79,7 +79,7 @@ def local_service(args, settings, cfg):
     from lte.lte_editor import LTEConfig, LTEEditor
     from lte.server import Service
 
-    loaded = load_model(settings.model, settings.home, merge_adapter=False, **settings.placement)
+    loaded = load_model(settings.model, settings.home, merge_adapter=False, **settings.load_options)
     # a generation-only backend keeps no edits: an in-memory store, never the user's
     editor = LTEEditor.from_config(settings, loaded, LTEConfig(k=args.k), private_store=args.generation_only)
     log_routing(editor)
@@ -104,7 +104,7 @@ def log_routing(editor) -> None:
 def remote_service(args, settings, cfg, url):
     from lte.generation import RemoteConfig, RemoteGeneration
     from lte.lte_editor import EditRetrieval, LTEConfig, open_store
-    from lte.models import load_tokenizer, read_manifest
+    from lte.models import load_tokenizer, read_chat_template, read_manifest
     from lte.server import Service
 
     try:
@@ -120,7 +120,10 @@ def remote_service(args, settings, cfg, url):
         log.warning("lte serve: %s was aligned from %s, but no --generator-base-model was given: questions with no "
                     "relevant edit will also be answered by the aligned model", settings.model, base)
     config = LTEConfig(k=args.k)
-    retrieval = EditRetrieval(open_store(settings, config), load_tokenizer(settings.model, settings.home), config.k)
+    tokenizer = load_tokenizer(settings.model, settings.home)
+    if settings.chat_template:
+        tokenizer.chat_template = read_chat_template(settings.chat_template)
+    retrieval = EditRetrieval(open_store(settings, config), tokenizer, config.k)
     log.warning("lte serve: generation on %s (model %s%s)", remote.url, remote.model,
                 f", unedited {remote.base_model}" if remote.base_model else "")
     return Service(retrieval, RemoteGeneration(remote), cfg)

@@ -51,7 +51,7 @@ def run(args, settings) -> int:
     if args.steps:
         overrides["steps"] = args.steps
     cfg = build_config(TrainConfig, overrides, f"lte train {method.name}")  # refused before the model loads
-    loaded = load_model(settings.model, settings.home, **settings.placement)
+    loaded = load_model(settings.model, settings.home, **settings.load_options)
     cases = [c for path in args.data for c in load_cases(path)] or table_cases(1200, random.Random(args.seed))
     random.Random(cfg.seed).shuffle(cases)
     dev, train = cases[: cfg.dev_cases], cases[cfg.dev_cases:]
