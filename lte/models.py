@@ -125,21 +125,32 @@ def load_model(spec: str | None = None, home: Path | None = None, dtype: str | t
     return _ready(loaded, place)
 
 
-def _load(spec: str, home: Path, dtype: torch.dtype, merge_adapter: bool, place: torch.device) -> LoadedModel:
+def resolve_spec(spec: str) -> tuple[str, Path]:
+    """What a model spec names, decided in one place for weights and tokenizer alike: ('tiny' | 'gguf' | 'dir' |
+    'hub', its path; for 'tiny' and 'hub' the spec as a path)."""
     if spec == TINY_MODEL:
+        return "tiny", Path(spec)
+    path = default_gguf_path() if spec in (DEFAULT_MODEL, "default") else Path(spec).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return "gguf", path
+    if path.is_dir():
+        return "dir", path
+    if path.suffix == ".gguf" or spec.startswith((".", "/", "~")):
+        raise ModelNotFoundError(f"model '{spec}': no such file or directory ({path.resolve()})")
+    return "hub", path
+
+
+def _load(spec: str, home: Path, dtype: torch.dtype, merge_adapter: bool, place: torch.device) -> LoadedModel:
+    kind, path = resolve_spec(spec)
+    if kind == "tiny":
         from lte.tiny import build_tiny_model
 
         model, tokenizer = build_tiny_model()
         return LoadedModel(model.to(dtype), tokenizer, spec, spec)
-    if spec in (DEFAULT_MODEL, "default"):
-        return _load_gguf(default_gguf_path(), home, dtype, spec)
-    path = Path(spec).expanduser()
-    if path.is_file() and path.suffix == ".gguf":
+    if kind == "gguf":
         return _load_gguf(path, home, dtype, spec)
-    if path.is_dir():
+    if kind == "dir":
         return _load_directory(path, home, dtype, merge_adapter, place)
-    if path.suffix == ".gguf" or spec.startswith((".", "/", "~")):
-        raise ModelNotFoundError(f"model '{spec}': no such file or directory ({path.resolve()})")
     return _load_hub(spec, dtype)
 
 
@@ -170,22 +181,20 @@ def load_tokenizer(spec: str | None = None, home: Path | None = None) -> PreTrai
     the generation server). Reads the converted-model cache when there is one; never loads weights otherwise."""
     spec = spec or DEFAULT_MODEL
     home = home or lte_home()
-    if spec == TINY_MODEL:
+    kind, path = resolve_spec(spec)
+    if kind == "tiny":
         return load_model(spec).tokenizer
-    path = default_gguf_path() if spec in (DEFAULT_MODEL, "default") else Path(spec).expanduser()
-    if path.is_file() and path.suffix == ".gguf":
+    if kind == "gguf":
         cache = gguf_cache_dir(path, home)
         if (cache / "tokenizer_config.json").is_file():
             return AutoTokenizer.from_pretrained(cache)
         return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    if path.is_dir():
+    if kind == "dir":
         if (path / "tokenizer_config.json").is_file():
             return AutoTokenizer.from_pretrained(path)
         if (path / "adapter_config.json").is_file():  # a LoRA adapter saved without its tokenizer
             return load_tokenizer(read_manifest(path).get("base_model", DEFAULT_MODEL), home)
         raise ModelNotFoundError(f"model '{path}': directory has no tokenizer_config.json")
-    if path.suffix == ".gguf" or spec.startswith((".", "/", "~")):
-        raise ModelNotFoundError(f"model '{spec}': no such file or directory ({path.resolve()})")
     try:
         return AutoTokenizer.from_pretrained(spec)
     except (OSError, ValueError) as error:
