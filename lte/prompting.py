@@ -117,3 +117,11 @@ def chat_messages(query: str, facts: Sequence[str], answer: str) -> list[dict[st
     """A training conversation in the same shape as `render` (used by alignment)."""
     return [{"role": "user", "content": user_message(query, facts)},
             {"role": "assistant", "content": assistant_prefill(query) + format_target(query, answer)}]
+
+
+def plain_pair(messages: Sequence[dict[str, str]]) -> tuple[str, str]:
+    """A training conversation (`chat_messages`) as the (prompt, completion) text `render` writes for a model with
+    no chat template: `with_start`(prompt) + completion is `render`'s text + the answer."""
+    user, assistant = messages[0]["content"], messages[1]["content"]
+    cloze = user.rsplit("\n", 1)[-1].startswith(f"{CLOZE_INSTRUCTION} ")
+    return f"{user}\n" + ("" if cloze else "Answer: "), assistant

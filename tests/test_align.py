@@ -111,3 +111,30 @@ def test_align_runs_under_accelerate_launch(tmp_path):
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["steps"] == 2 and (out / "gate.json").is_file()
     assert load_model(str(out)).base_spec == "tiny-random"
+
+
+def test_a_model_without_chat_template_trains_on_the_tokens_it_is_prompted_with():
+    """Template-less models (Gemma's GGUF) are prompted in `render`'s plain format, BOS first; alignment trains on
+    those very tokens followed by the answer's, as scoring tokenizes them, and EOS."""
+    from lte.align.finetune import training_example
+    from lte.scoring import target_ids
+    from tests.test_prompting import gemma_shaped_tokenizer
+
+    tokenizer = gemma_shaped_tokenizer()
+    facts = ["The Space Needle is located in Goa."]
+    for query, answer in (("The Space Needle is located in", "Goa"), ("Where is the Space Needle?", "Goa")):
+        messages = prompting.chat_messages(query, facts, answer)
+        example = training_example({"prompt": messages[:1], "completion": messages[1:]}, tokenizer)
+        prompt_ids, answer_ids = target_ids(tokenizer, prompting.render(tokenizer, query, facts),
+                                            prompting.format_target(query, answer))
+        assert example["input_ids"] == prompt_ids + answer_ids + [tokenizer.eos_token_id]
+        assert example["input_ids"][0] == tokenizer.bos_token_id
+        trained = [t for t, m in zip(example["input_ids"], example["completion_mask"]) if m]
+        assert trained[-len(answer_ids) - 1:] == answer_ids + [tokenizer.eos_token_id]
+
+
+def test_align_trains_a_model_without_chat_template(tmp_path):
+    loaded = load_model("tiny-random")
+    loaded.tokenizer.chat_template = None
+    out = align(loaded, AlignConfig(out=tmp_path / "plain", max_steps=1, batch_size=4, data=SMALL), progress=False)
+    assert json.loads((out / MANIFEST).read_text())["steps"] == 1

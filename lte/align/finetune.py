@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from lte import prompting
 from lte.align.data import (
     AlignDataConfig,
     alignment_cases,
@@ -21,6 +22,7 @@ from lte.align.data import (
     write_rows,
 )
 from lte.models import MANIFEST, LoadedModel
+from lte.scoring import target_ids
 
 
 @dataclass
@@ -128,10 +130,23 @@ def _trainer(loaded: LoadedModel, rows: list[dict], cfg: AlignConfig, progress: 
 
         peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, target_modules="all-linear",
                                  task_type="CAUSAL_LM")
-    dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
+    dataset = Dataset.from_list([training_example(r, loaded.tokenizer) for r in rows])
     loaded.model.train()
     return SFTTrainer(model=loaded.model, args=args, train_dataset=dataset, processing_class=loaded.tokenizer,
                       peft_config=peft_config)
+
+
+def training_example(row: dict, tokenizer) -> dict:
+    """A row as TRL takes it: the conversation for a model with a chat template; else the tokens of the plain text
+    `render` writes for it, tokenized as scoring does (a question's prompt ends in 'Answer: ', and tokenizing it
+    with the answer would merge the space into the answer's first token, a context the model never sees)."""
+    if tokenizer.chat_template:
+        return {"prompt": row["prompt"], "completion": row["completion"]}
+    prompt, completion = prompting.plain_pair(row["prompt"] + row["completion"])
+    prompt_ids, completion_ids = target_ids(tokenizer, prompting.with_start(tokenizer, prompt), completion)
+    completion_ids = completion_ids + [tokenizer.eos_token_id]
+    return {"input_ids": prompt_ids + completion_ids,
+            "completion_mask": [0] * len(prompt_ids) + [1] * len(completion_ids)}
 
 
 def _save(trainer, loaded: LoadedModel, cfg: AlignConfig, out: Path, data_hash: str, rows: int,
