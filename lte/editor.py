@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from lte import prompting
 from lte.config import NoOptions
-from lte.models import LoadedModel
+from lte.models import LoadedModel, placement_of
 from lte.schema import Edit
 from lte.scoring import ModelRunner, TargetScore
 
@@ -70,6 +70,11 @@ class Editor(ABC):
     def model_name(self) -> str:
         """The model answering, for reports."""
 
+    @property
+    def placement(self) -> str:
+        """Where the model runs and in which precision ('cuda NVIDIA H200 bfloat16'), for reports; '' if unknown."""
+        return ""
+
     def stats(self) -> dict:
         """Sizes worth reporting with the edits applied (e.g. GRACE's codebook entries); none by default."""
         return {}
@@ -98,6 +103,10 @@ class ModelEditor(Editor):
     @property
     def model_name(self) -> str:
         return self.loaded.spec
+
+    @property
+    def placement(self) -> str:
+        return placement_of(self.loaded.model)
 
     def facts_for(self, queries: Sequence[Query]) -> list[list[str]]:
         """The facts written into each query's prompt; none by default."""

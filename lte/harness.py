@@ -266,7 +266,7 @@ def evaluate(editor: Editor, cases: Sequence[EditCase], reference: Editor, cfg: 
     clock = Clock()
     result = RUNNERS[cfg.mode](editor, cases, refs, cfg, clock, extra_edits)
     return {"editor": editor.name, "editor_config": config_dict(editor.config), "model": editor.model_name,
-            "model_identity": model_identity(editor.model_name),
+            "model_identity": model_identity(editor.model_name), "placement": editor.placement,
             "dataset": dataset, "mode": cfg.mode, **({"edit_batch": cfg.edit_batch} if cfg.edit_batch else {}),
             "n_cases": len(cases), "scored_cases": len(cfg.scored(len(cases))),
             "extra_edits": len(extra_edits), **result, "timing": clock.summary(), "harness_version": HARNESS_VERSION}

@@ -28,7 +28,7 @@ from transformers import (
 from lte.errors import ConfigError, InputFileError, ModelNotFoundError
 from lte.settings import DEFAULT_MODEL, lte_home
 
-__all__ = ["LoadedModel", "ModelNotFoundError", "load_model", "load_tokenizer", "model_identity"]
+__all__ = ["LoadedModel", "ModelNotFoundError", "load_model", "load_tokenizer", "model_identity", "placement_of"]
 
 log = logging.getLogger(__name__)
 
@@ -290,6 +290,15 @@ def _ready(loaded: LoadedModel, device: torch.device) -> LoadedModel:
     generation.pad_token_id = tokenizer.pad_token_id
     generation.eos_token_id = stop_token_ids(tokenizer, generation.eos_token_id)
     return loaded
+
+
+def placement_of(model: torch.nn.Module) -> str:
+    """'cpu float32' or 'cuda NVIDIA H200 bfloat16': where the model's weights are, for reports."""
+    param = next(model.parameters())
+    where = param.device.type
+    if where == "cuda":
+        where += f" {torch.cuda.get_device_name(param.device)}"
+    return f"{where} {str(param.dtype).removeprefix('torch.')}"
 
 
 def stop_token_ids(tokenizer: PreTrainedTokenizerBase, eos: int | list[int] | None) -> list[int]:

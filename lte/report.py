@@ -203,6 +203,12 @@ def _save(fig, ax, path: Path) -> Path:
     return path
 
 
+def placements(results: dict[str, dict]) -> str:
+    """The devices and precisions the cells record (cells written before session 11 record none)."""
+    found = sorted({cell["placement"] for cell in results.values() if cell.get("placement")})
+    return ", ".join(found) if found else "not recorded in the cells"
+
+
 def write_reports(results: dict[str, dict], cfg: BenchConfig, settings: Settings, command: Sequence[str],
                   notes: str = "", results_md: Path | None = None) -> None:
     (cfg.out / "results.json").write_text(json.dumps(results, indent=1))
@@ -216,6 +222,7 @@ def write_reports(results: dict[str, dict], cfg: BenchConfig, settings: Settings
               f"- model: `{settings.model}` (for `lte`; the other editors use its base model)\n"
               f"- machine: {platform.machine()}, {platform.processor() or 'cpu'}, {_cpu_count()} cores, "
               f"Python {platform.python_version()}\n"
+              f"- models ran on: {placements(results)}\n"
               f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}\n\n")
     target = results_md or cfg.out / "RESULTS.md"
     figures = "".join(f"![{p.stem}]({os.path.relpath(p, target.parent)})\n" for p in plots)

@@ -129,6 +129,7 @@ def test_report_records_the_models_identity(tiny):
     report = evaluate(UneditedEditor(tiny), make_cases(1), UneditedEditor(tiny),
                       EvalConfig(mode="batch", max_new_tokens=2, fluency_cases=0, progress=False))
     assert report["model_identity"]["spec"] == "tiny-random" and report["harness_version"] == 3
+    assert report["placement"] == "cpu float32"  # where the figures were made, read off the model's weights
     assert "retrieval" not in report  # the unedited model retrieves nothing
 
 
