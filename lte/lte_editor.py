@@ -20,7 +20,7 @@ from transformers import PreTrainedTokenizerBase
 from lte import prompting
 from lte.editor import ModelEditor, Query
 from lte.errors import ConfigError, InputFileError
-from lte.models import LoadedModel, load_model
+from lte.models import LoadedModel, load_base
 from lte.schema import Edit
 from lte.scoring import ModelRunner, TargetScore
 from lte.settings import Settings
@@ -85,7 +85,7 @@ class LTEEditor(ModelEditor):
         if config.route_unedited and loaded.base_spec != loaded.spec:
             # an unmerged LoRA model is its own base with the adapter off; a fully fine-tuned one needs a copy
             unedited = (loaded.without_adapter() if loaded.has_adapter
-                        else load_model(loaded.base_spec, settings.home, **settings.load_options))
+                        else load_base(loaded, settings.home, **settings.load_options))
         editor = cls(loaded, store, config.k, batch_size, unedited, config.hops)
         editor.config = config
         return editor

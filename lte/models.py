@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -50,6 +50,7 @@ class LoadedModel:
     spec: str
     base_spec: str
     adapter_disabled: bool = False
+    base: LoadedModel | None = field(default=None, repr=False, compare=False)  # set by `load_base`
 
     @property
     def name(self) -> str:
@@ -76,6 +77,17 @@ class LoadedModel:
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_base(loaded: LoadedModel, home: Path | None = None, **options) -> LoadedModel:
+    """The unedited base `loaded` derives from: itself for a plain model, else loaded once and kept with `loaded`,
+    so an evaluation's routing, locality reference and parameter editors share one copy (a fully fine-tuned model
+    used to bring two)."""
+    if loaded.base_spec == loaded.spec:
+        return loaded
+    if loaded.base is None:
+        loaded.base = load_model(loaded.base_spec, home, **options)
+    return loaded.base
 
 
 def resolve_device(name: str | None = "auto") -> torch.device:

@@ -17,7 +17,7 @@ from typing import Any
 from lte.config import build_config
 from lte.editor import Editor
 from lte.errors import ConfigError
-from lte.models import LoadedModel, load_model
+from lte.models import LoadedModel, load_base, load_model
 from lte.settings import Settings
 
 
@@ -94,5 +94,4 @@ def build_editor(name: str, settings: Settings, loaded: LoadedModel | None = Non
 def base_model_of(loaded: LoadedModel, settings: Settings) -> LoadedModel:
     """The unedited base `loaded` derives from: itself for a plain model, else loaded (where the user placed
     models). Locality references and parameter editors use it."""
-    return loaded if loaded.base_spec == loaded.spec else load_model(loaded.base_spec, settings.home,
-                                                                      **settings.load_options)
+    return load_base(loaded, settings.home, **settings.load_options)

@@ -157,3 +157,18 @@ def test_a_lora_model_answers_unrelated_questions_with_its_own_weights_adapter_o
     merged = two_copies.score([related, unrelated], ["Goa", "Shakespeare"])
     assert merged[1] == scores[1]
     assert torch.allclose(torch.tensor(merged[0].logprobs), torch.tensor(scores[0].logprobs), atol=1e-4)
+
+
+def test_a_fully_fine_tuned_model_brings_one_base_copy_for_routing_reference_and_editors(tiny, tmp_path):
+    """`lte eval` with a full fine-tune used to load its base twice (LTE's routing, then the locality reference)."""
+    from lte.models import LoadedModel
+    from lte.registry import base_model_of, build_editor, editor_config
+    from lte.settings import Settings
+
+    settings = Settings(home=tmp_path / "home")
+    aligned = LoadedModel(tiny.model, tiny.tokenizer, spec="aligned-tiny", base_spec="tiny-random")
+    editor = build_editor("lte", settings, aligned)
+    reference = base_model_of(aligned, settings)
+    assert editor.unedited is reference and reference.model is not aligned.model  # loaded once, shared
+    assert build_editor("grace", settings, aligned, editor_config("grace", {"layer": 1})).loaded is reference
+    assert base_model_of(tiny, settings) is tiny  # a plain model is its own base
