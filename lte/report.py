@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import shlex
+from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -204,9 +205,10 @@ def _save(fig, ax, path: Path) -> Path:
 
 
 def placements(results: dict[str, dict]) -> str:
-    """The devices and precisions the cells record (cells written before session 11 record none)."""
-    found = sorted({cell["placement"] for cell in results.values() if cell.get("placement")})
-    return ", ".join(found) if found else "not recorded in the cells"
+    """The devices and precisions the cells record, with their counts (cells written before session 11 record
+    none: the reading or the cell's command says where those ran)."""
+    counts = Counter(cell.get("placement") or "not recorded" for cell in results.values() if "metrics" in cell)
+    return ", ".join(f"{where} ({n} cells)" for where, n in sorted(counts.items())) or "no cells"
 
 
 def write_reports(results: dict[str, dict], cfg: BenchConfig, settings: Settings, command: Sequence[str],

@@ -28,7 +28,7 @@ def test_bench_writes_tables_plots_and_resumes_from_cache(tmp_path, monkeypatch,
     assert "train ke" in results["ke__toy__sequential__1"]["skipped"]  # no checkpoint: marked, not fatal
     report = (tmp_path / "RESULTS.md").read_text()
     assert "Produced by `lte --model tiny-random bench" in report and "| context | toy |" in report
-    assert "- models ran on: cpu float32\n" in report
+    assert "- models ran on: cpu float32 (4 cells)\n" in report  # the two ke cells were skipped (no checkpoint)
     # editors are compared at equal n: one facet plot per n that two editors share
     assert (out / "quality-toy-n1.png").is_file() and (out / "quality-toy-n2.png").is_file()
     assert (out / "scale-toy.png").is_file()
