@@ -222,7 +222,7 @@ def write_reports(results: dict[str, dict], cfg: BenchConfig, settings: Settings
     plots = plot(results, cfg.out)
     header = (f"# Results\n\n{provenance(results, shlex.join(command))}\n\n"
               f"- model: `{settings.model}` (for `lte`; the other editors use its base model)\n"
-              f"- machine: {platform.machine()}, {platform.processor() or 'cpu'}, {_cpu_count()} cores, "
+              f"- report written on: {platform.machine()}, {platform.processor() or 'cpu'}, {_cpu_count()} cores, "
               f"Python {platform.python_version()}\n"
               f"- models ran on: {placements(results)}\n"
               f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}\n\n")

@@ -29,6 +29,7 @@ def test_bench_writes_tables_plots_and_resumes_from_cache(tmp_path, monkeypatch,
     report = (tmp_path / "RESULTS.md").read_text()
     assert "Produced by `lte --model tiny-random bench" in report and "| context | toy |" in report
     assert "- models ran on: cpu float32 (4 cells)\n" in report  # the two ke cells were skipped (no checkpoint)
+    assert "- report written on: " in report  # the machine that wrote it, not necessarily where cells ran
     # editors are compared at equal n: one facet plot per n that two editors share
     assert (out / "quality-toy-n1.png").is_file() and (out / "quality-toy-n2.png").is_file()
     assert (out / "scale-toy.png").is_file()
