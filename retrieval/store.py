@@ -97,6 +97,13 @@ def key_texts(edit: Edit) -> list[tuple[str, str]]:
     return keys
 
 
+# The key index: cosine HNSW searched 400 candidates deep (Chroma's default, 100, is approximate enough that two
+# builds of the same 1,000 CounterFact edits disagreed on 1-2 of 600 paraphrase and neighbour queries: an edit
+# found in one build, missed in the other; at 400, five builds agreed and search time did not move, as the gate's
+# embeddings dominate it; results/retrieval-determinism.txt).
+KEY_INDEX = {"hnsw:space": "cosine", "hnsw:search_ef": 400}
+
+
 class EditStore:
     """Add, find, supersede and delete edits. One instance per named edit set (`collection`)."""
 
@@ -110,7 +117,7 @@ class EditStore:
         self.name = collection
         self._embedder = embedder
         self._vectors: dict[str, np.ndarray] = {}  # embedding cache for the gate's masked texts
-        self.keys = client.get_or_create_collection(f"{collection}-keys", metadata={"hnsw:space": "cosine"},
+        self.keys = client.get_or_create_collection(f"{collection}-keys", metadata=KEY_INDEX,
                                                     embedding_function=None)
         self.records = client.get_or_create_collection(f"{collection}-edits", embedding_function=None)
         self.gate = gate or self.saved_gate() or UNFITTED

@@ -1,7 +1,7 @@
 import json
 
 from lte.schema import Edit
-from retrieval.store import EditStore, open_client
+from retrieval.store import KEY_INDEX, EditStore, open_client
 
 NEEDLE = Edit(subject="The Space Needle", prompt="The Space Needle is located in", target_new="Goa",
               paraphrases=("Which city is home to the Space Needle?",))
@@ -14,6 +14,12 @@ def test_add_is_idempotent_and_counts(store):
     assert (report.added, report.skipped) == (0, 2)
     assert store.count() == 2
     assert store.keys.count() == 5  # prompt + statement (+ 1 paraphrase) per edit
+
+
+def test_the_key_index_searches_deep_enough_to_repeat_itself(store):
+    # at Chroma's default depth (100) two builds of the same store disagreed on a few queries in 600
+    hnsw = store.keys.configuration["hnsw"]
+    assert hnsw["space"] == "cosine" and hnsw["ef_search"] == KEY_INDEX["hnsw:search_ef"] >= 400
 
 
 def test_search_finds_paraphrase_and_gate_drops_unrelated(store):
