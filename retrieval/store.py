@@ -121,6 +121,14 @@ class EditStore:
                                                     embedding_function=None)
         self.records = client.get_or_create_collection(f"{collection}-edits", embedding_function=None)
         self.gate = gate or self.saved_gate() or UNFITTED
+        self._deepen_key_search()
+
+    def _deepen_key_search(self) -> None:
+        """A store created before lte set the index depth searches at Chroma's default; raise it in place."""
+        depth = KEY_INDEX["hnsw:search_ef"]
+        hnsw = (self.keys.configuration or {}).get("hnsw") or {}
+        if hnsw.get("ef_search", depth) < depth:
+            self.keys.modify(configuration={"hnsw": {"ef_search": depth}})
 
     @classmethod
     def open(cls, path: Path | None = None, url: str | None = None, collection: str = "edits",

@@ -22,6 +22,13 @@ def test_the_key_index_searches_deep_enough_to_repeat_itself(store):
     assert hnsw["space"] == "cosine" and hnsw["ef_search"] == KEY_INDEX["hnsw:search_ef"] >= 400
 
 
+def test_a_store_made_at_chromas_default_depth_is_deepened_on_open(embedder, tmp_path):
+    open_client(tmp_path).get_or_create_collection("edits-keys", metadata={"hnsw:space": "cosine"},
+                                                 embedding_function=None)  # as stores were made before
+    store = EditStore.open(tmp_path, embedder=embedder)
+    assert store.keys.configuration["hnsw"]["ef_search"] == KEY_INDEX["hnsw:search_ef"]
+
+
 def test_search_finds_paraphrase_and_gate_drops_unrelated(store):
     store.add([NEEDLE, TOWER], progress=False)
     [hit] = store.search("Where can I visit the Space Needle?", k=1)
