@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "when visible, else the CPU [env LTE_DEVICE; default auto]")
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), help="weights' precision; "
                         "auto: bfloat16 on CUDA where supported, else float32 (editors' solves stay float64; "
-                        "`lte align` keeps float32 weights and trains in mixed precision) [env LTE_DTYPE]")
+                        "`lte align` keeps float32 weights and trains in mixed precision, auto there also meaning "
+                        "bfloat16 on a CPU with native bfloat16 instructions) [env LTE_DTYPE]")
     parser.add_argument("--chat-template", metavar="FILE", help="Jinja chat template for a model that ships none "
                         "(e.g. a GGUF without one; lte's plain prompt format is used otherwise) "
                         "[env LTE_CHAT_TEMPLATE]")

@@ -4,8 +4,9 @@ import random
 import pytest
 
 from lte import prompting
+from lte.align import finetune
 from lte.align.data import AlignDataConfig, build_rows, table_cases, whole_sentences
-from lte.align.finetune import AlignConfig, align
+from lte.align.finetune import AlignConfig, align, training_precision
 from lte.models import MANIFEST, load_model
 
 SMALL = AlignDataConfig(in_scope=24, out_of_scope=12, linguistic=6, describe=6, table_edits=30, distill_tokens=4,
@@ -65,14 +66,27 @@ def test_table_cases_have_questions_and_neighbours():
     assert all(p.answers == (case.edit.target_new,) for p in case.paraphrases)
 
 
-def test_align_writes_a_loadable_model_with_manifest(tmp_path):
+def test_align_writes_a_loadable_model_with_manifest(tmp_path, monkeypatch):
+    monkeypatch.setattr(finetune, "cpu_has_native_bf16", lambda: True)
     loaded = load_model("tiny-random")
     out = align(loaded, AlignConfig(out=tmp_path / "aligned", max_steps=2, batch_size=4, data=SMALL), progress=False)
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["base_model"] == "tiny-random" and manifest["steps"] == 2 and manifest["data_hash"]
+    assert manifest["config"]["precision"] == "auto" and manifest["trained_in"] == "bfloat16"
     again = load_model(str(out))
     assert again.base_spec == "tiny-random"
     assert not (out / "checkpoints").exists()
+
+
+def test_auto_precision_trains_in_bfloat16_where_the_cpu_computes_it_natively(monkeypatch):
+    import torch
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(finetune, "cpu_has_native_bf16", lambda: True)
+    assert training_precision("auto", cpu) == torch.bfloat16
+    assert training_precision("float32", cpu) == torch.float32  # `lte --dtype float32 align` still trains in float32
+    monkeypatch.setattr(finetune, "cpu_has_native_bf16", lambda: False)
+    assert training_precision("auto", cpu) == torch.float32  # emulated bfloat16 would be slower, not faster
 
 
 def test_whole_sentences_trims_cut_off_text():
