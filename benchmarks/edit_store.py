@@ -2,13 +2,15 @@
 
 - insertion rate of N CounterFact edits through `EditStore.add`, against the embedder's own rate on the same key
   texts (the ratio is what matters: the machine is noisy);
-- query latency p50/p99 of `EditStore.search` at 1k, 10k and 100k stored edits. Past the 21,919 real CounterFact
+- query latency p50/p99 of `EditStore.search` (search and the decision on its candidates: the scope model with
+  `--scope DIR`, else the store's gate) at 1k, 10k and 100k stored edits. Past the 21,919 real CounterFact
   edits, the store is filled with copies of real edits whose key vectors are perturbed with small noise (so the
   index holds 100k distinct, realistically distributed vectors without embedding 200k texts);
 - hit@1 on paraphrase prompts with 1k edits stored, and how often the relevance gate passes nothing for neighbour
   prompts (same relation, other subject), plus the calibrated threshold on a separate slice.
 
     python benchmarks/edit_store.py [--insert 10000] [--sizes 1000 10000 100000] [--parts quality insert latency]
+        [--scope ALIGNED/scope]
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from lte.datasets import load_cases
 from lte.schema import Edit
 from lte.settings import Settings
 from retrieval.embedder import Embedder
+from retrieval.scope import ScopeModel
 from retrieval.store import EditStore, key_texts, open_client
 
 
@@ -71,10 +74,12 @@ def insertion(embedder: Embedder, edits: list[Edit]) -> None:
           f"insert/embedder = {insert_rate / embed_rate:.2f}")
 
 
-def latency(embedder: Embedder, edits: list[Edit], sizes: list[int], queries: list[str]) -> None:
+def latency(embedder: Embedder, edits: list[Edit], sizes: list[int], queries: list[str],
+            scope: ScopeModel | None = None) -> None:
     noisy = NoisyCopies(embedder)
     store = EditStore(open_client(), f"lat-{uuid.uuid4().hex[:8]}", noisy)
-    search_store = EditStore(store.client, store.name, embedder)
+    search_store = EditStore(store.client, store.name, embedder, scope=scope)
+    print(f"deciding: {search_store.decider()}")
     stored = 0
     for size in sizes:
         batch = []
@@ -121,6 +126,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--parts", nargs="+", choices=["quality", "insert", "latency"],
                         default=["quality", "insert", "latency"])
+    parser.add_argument("--scope", metavar="DIR", help="a scope model folder: latency includes its decision")
     args = parser.parse_args()
     embedder = Embedder()
     cases = load_cases(counterfact("edit")) + load_cases(counterfact("train"))
@@ -130,7 +136,8 @@ def main() -> None:
     if "insert" in args.parts:
         insertion(embedder, edits[: args.insert])
     if "latency" in args.parts:
-        latency(embedder, edits, args.sizes, [c.paraphrases[0].prompt for c in cases[: args.queries]])
+        latency(embedder, edits, args.sizes, [c.paraphrases[0].prompt for c in cases[: args.queries]],
+                ScopeModel(args.scope) if args.scope else None)
 
 
 if __name__ == "__main__":

@@ -1,62 +1,90 @@
-"""How well relevance gates route prompts, retrieval alone (no language model): for each dataset, store the edits of
-N cases and ask every probe; in-scope probes (the edit's prompt, its paraphrases) should receive their edit,
-locality probes (other subjects; other relations of the same subject on KnowEdit) should receive none.
+"""How well scope models and relevance gates route prompts, retrieval alone (no language model): for each dataset,
+store the edits of N cases and ask every probe. In-scope probes (the edit's prompt, its paraphrases) and portability
+probes (multi-hop and alias questions whose answer depends on the edit) should receive their edit; locality probes
+(other subjects; other relations of the same subject on KnowEdit) should receive none.
 
-    python benchmarks/gate.py --gates unfitted tables=GATE.json --datasets counterfact zsre --n 1000
+    python benchmarks/gate.py --deciders scope=ALIGNED/scope tables=GATE.json unfitted \\
+        --datasets counterfact zsre wiki_counterfact wiki_recent --n 300
 
-Gates are JSON files written by `lte edit calibrate --save-to` or `lte align` (gate.json next to the model);
-`unfitted` is the built-in default. Fit gates on training splits only, never on the sets measured here.
+A decider is a scope model folder (`lte scope train`, or scope/ next to an aligned model), a gate JSON (`lte edit
+calibrate --gate --save-to`, or gate.json next to an aligned model), or `unfitted`, the built-in gate. `recall` is
+the share of in-scope and portability probes whose edit is among the candidates the decider is shown (search's
+2k nearest edits), so it bounds what any decider can pass. Train deciders on training splits only.
 """
 
 from __future__ import annotations
 
 import argparse
 import uuid
+from pathlib import Path
 
 from lte.catalog import dataset_path
 from lte.datasets import load_cases
 from lte.settings import Settings
 from retrieval.embedder import Embedder
 from retrieval.gate import UNFITTED, Gate
+from retrieval.scope import META_FILE, ScopeModel
 from retrieval.store import EditStore, open_client
+
+FACETS = ("rewrite", "paraphrase", "locality", "portability")
+
+
+def probes_of(cases) -> list[tuple[str, set[str], str]]:
+    """(prompt, the ids of the case's edits, facet) for every probe."""
+    return [(p.prompt, {e.id for e in case.edits}, facet) for case in cases
+            for facet, group in zip(FACETS, (case.rewrite, case.paraphrases, case.locality, case.portability))
+            for p in group]
 
 
 def route(store: EditStore, cases, k: int = 3) -> dict[str, float]:
-    """Share of in-scope probes given their edit, of paraphrases alone, and of locality probes given nothing."""
-    probes = [(p.prompt, case.edit.id, facet) for case in cases
-              for facet, group in (("rewrite", case.rewrite), ("paraphrase", case.paraphrases),
-                                   ("locality", case.locality)) for p in group]
-    hits = store.search_many([prompt for prompt, _, _ in probes], k)
+    """Share of probes routed right per facet, and the candidates' recall of in-scope and portability edits."""
+    probes = probes_of(cases)
+    prompts = [prompt for prompt, _, _ in probes]
+    hits = store.search_many(prompts, k)
+    candidates = store.candidates(prompts, k)
     right: dict[str, list[bool]] = {}
-    for (_, edit_id, facet), found in zip(probes, hits):
-        ids = [h.edit.id for h in found]
-        right.setdefault(facet, []).append(not ids if facet == "locality" else edit_id in ids)
+    for (_, edit_ids, facet), found, shown in zip(probes, hits, candidates):
+        ids = {h.edit.id for h in found}
+        right.setdefault(facet, []).append(not ids if facet == "locality" else bool(edit_ids & ids))
+        if facet != "locality":
+            right.setdefault("recall", []).append(bool(edit_ids & {edit.id for edit, _, _ in shown}))
     return {facet: sum(oks) / len(oks) for facet, oks in right.items()}
+
+
+def decider(spec: str):
+    """('gate', Gate) or ('scope', ScopeModel) from NAME=PATH or `unfitted`."""
+    if spec == "unfitted":
+        return "unfitted", UNFITTED
+    name, _, path = spec.partition("=")
+    if (Path(path) / META_FILE).is_file():
+        return name, ScopeModel(path)
+    return name, Gate.load(Path(path))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--gates", nargs="+", default=["unfitted"], metavar="NAME=FILE|unfitted")
+    parser.add_argument("--deciders", nargs="+", default=["unfitted"], metavar="NAME=PATH|unfitted")
     parser.add_argument("--datasets", nargs="+", default=["counterfact", "zsre"], metavar="NAME|LABEL=PATH")
     parser.add_argument("--n", type=int, default=1000, help="cases stored (and probed) per dataset")
     parser.add_argument("--k", type=int, default=3)
     args = parser.parse_args()
     embedder = Embedder()
-    gates = {}
-    for spec in args.gates:
-        name, _, path = spec.partition("=")
-        gates[name] = UNFITTED if spec == "unfitted" else Gate.load(path)
-    print(f"{'dataset':<18}{'gate':<16}{'n':>6}{'rewrite':>9}{'paraphrase':>12}{'locality':>10}  (share routed right)")
+    deciders = dict(decider(spec) for spec in args.deciders)
+    columns = (*FACETS, "recall")
+    print(f"{'dataset':<18}{'decider':<14}{'n':>6}" + "".join(f"{c:>12}" for c in columns)
+          + "  (share routed right)")
     for label, path in (dataset_path(name, Settings.from_env()) for name in args.datasets):
         cases = load_cases(path)[: args.n]
         store = EditStore(open_client(), f"gate-{uuid.uuid4().hex[:8]}", embedder)
-        store.add([c.edit for c in cases], progress=False)
-        for name, gate in gates.items():
-            store.gate = gate
+        store.add([e for c in cases for e in c.edits], progress=False)
+        for name, chosen in deciders.items():
+            if isinstance(chosen, ScopeModel):
+                store.scope = chosen
+            else:
+                store.scope, store.gate = None, chosen
             shares = route(store, cases, args.k)
-            print(f"{label:<18}{name:<16}{len(cases):>6}" + "".join(
-                f"{shares.get(f, float('nan')):>{w}.3f}" for f, w in (("rewrite", 9), ("paraphrase", 12),
-                                                                      ("locality", 10))))
+            print(f"{label:<18}{name:<14}{len(cases):>6}"
+                  + "".join(f"{shares.get(c, float('nan')):>12.3f}" for c in columns), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """LTE phase 2: answer with retrieved edits in the prompt of the aligned model.
 
-`apply` inserts edits into the EditStore; answering retrieves the top-k edits through the relevance gate, writes
+`apply` inserts edits into the EditStore; answering retrieves the top-k edits the scope model lets through, writes
 them into the prompt (`lte.prompting`), and generates with the aligned model. A question with no relevant edit gets
 no edit block at all, and — when the aligned model was fine-tuned from a base model we can load — is answered by
 that unedited base model: unrelated questions then get exactly the answers they got before any edit, whatever the
@@ -25,6 +25,7 @@ from lte.schema import Edit
 from lte.scoring import ModelRunner, TargetScore
 from lte.settings import Settings
 from retrieval.gate import Gate
+from retrieval.scope import META_FILE, ScopeModel, scope_beside
 from retrieval.store import EditStore, Hit, open_client
 
 GATE_FILE = "gate.json"  # written next to an aligned model by `lte align`
@@ -34,12 +35,15 @@ GATE_FILE = "gate.json"  # written next to an aligned model by `lte align`
 class LTEConfig:
     """k: most edits put into one prompt (3: a question rarely needs more, and each costs ~30 prompt tokens).
     hops: rounds of retrieval; 2 searches again with each first-round edit's new answer appended (multi-hop).
-    gate: a relevance gate JSON (`lte edit calibrate --save-to`) instead of the store's own or, failing that, the
-    one `lte align` fitted next to the model. route_unedited: questions with no relevant edit are answered by the
-    base model the aligned one was fine-tuned from (their answers stay exactly the unedited ones)."""
+    scope: a scope model folder (`lte scope train`) deciding which candidates pass, instead of the store's own or,
+    failing that, the one `lte align` trained next to the model; 'none' lets the relevance gate decide.
+    gate: a relevance gate JSON (`lte edit calibrate --gate --save-to`): the gate decides, no scope model.
+    route_unedited: questions with no relevant edit are answered by the base model the aligned one was fine-tuned
+    from (their answers stay exactly the unedited ones)."""
 
     k: int = 3
     hops: int = 1
+    scope: str | None = None
     gate: str | None = None
     route_unedited: bool = True
 
@@ -118,7 +122,11 @@ class LTEEditor(ModelEditor):
         return results
 
     def stats(self) -> dict:
-        """The relevance gate in use (it may come from the store, from next to --model, or be the unfitted one)."""
+        """What decides which edits pass: the scope model (its weights' hash), or the relevance gate in use (from
+        the store, from next to --model, or the unfitted one)."""
+        scope = self.store.scope
+        if scope is not None:
+            return {"scope": {"model": scope.identity, "threshold": scope.threshold, "pairs": scope.info.pairs}}
         gate = self.store.gate
         return {"gate": {"weights": [round(w, 4) for w in gate.weights], "bias": round(gate.bias, 4),
                          "threshold": round(gate.threshold, 4), "fitted_on": gate.fit_related + gate.fit_unrelated}}
@@ -196,16 +204,31 @@ class EditRetrieval:
 def open_store(settings: Settings, config: LTEConfig, private_store: bool = False, gate: Gate | None = None
                ) -> EditStore:
     """private_store: a fresh in-memory edit set (evaluation), never the user's store; otherwise the store named by
-    the settings. The gate: `gate`, else config.gate (a path), else the store's saved one, else the one `lte align`
-    fitted next to --model (the same for `lte` and its unaligned ablation)."""
+    the settings. What decides which candidates pass, first found: an explicit gate (`gate`, else config.gate, a
+    path); config.scope; the store's recorded scope model; the one `lte align` trained next to --model; and as the
+    fallback the store's saved gate, else the gate `lte align` fitted next to --model, else the unfitted one (the
+    same for `lte` and its unaligned ablation)."""
     gate = gate or (load_gate(config.gate) if config.gate else None)
     if private_store:
         store = EditStore(open_client(), f"eval-{uuid.uuid4().hex[:12]}", gate=gate)
     else:
         store = EditStore.open(settings.store_dir, settings.chroma_url, settings.collection, gate=gate)
+    if gate is not None or config.scope == "none":
+        store.scope = None
+    elif config.scope:
+        store.scope = load_scope(config.scope)
+    elif store.scope is None:
+        store.scope = scope_beside(settings.model)
     if gate is None and store.saved_gate() is None and (model_gate := aligned_gate(settings.model)) is not None:
         store.gate = model_gate
     return store
+
+
+def load_scope(path: str) -> ScopeModel:
+    if not (Path(path).expanduser() / META_FILE).is_file():
+        raise InputFileError(f"lte: scope={path}: not a scope model folder (train one with `lte scope train --out "
+                             f"{path}`)")
+    return ScopeModel(path)
 
 
 def load_gate(path: str) -> Gate:

@@ -8,6 +8,10 @@ Two collections per named edit set:
 - `<name>-edits`: one row per edit holding the full record, its supersede key and status (current / superseded).
 Keys are written before the record, and search ignores keys whose record is missing, so an interrupted import never
 exposes half an edit, and re-running it completes the work (ids are content hashes: nothing is added twice).
+
+Which candidates a search returns is decided by the store's scope model (`retrieval.scope`, a cross-encoder) when it
+has one, else by the logistic relevance gate (`retrieval.gate`), the fallback. The store records the folder of the
+scope model it uses in the records collection's metadata.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from lte.schema import Edit, EditCase, nfc
 from retrieval import gate as gates
 from retrieval.embedder import Embedder
 from retrieval.gate import UNFITTED, Gate
+from retrieval.scope import ScopeModel
 from retrieval.writelock import DeleteJournal, WriteLock
 
 log = logging.getLogger(__name__)
@@ -108,10 +113,11 @@ class EditStore:
     """Add, find, supersede and delete edits. One instance per named edit set (`collection`)."""
 
     def __init__(self, client, collection: str = "edits", embedder: Embedder | None = None,
-                 gate: Gate | None = None, directory: Path | None = None):
-        """gate: the relevance gate to use; default the one saved with the store by `calibrate`, else
-        `retrieval.gate.UNFITTED`. directory: an embedded store's folder (its write lock and delete journal live
-        there; see retrieval/writelock.py)."""
+                 gate: Gate | None = None, directory: Path | None = None, scope: ScopeModel | None = None):
+        """scope: the scope model that decides which candidates pass; default the one recorded with the store
+        (`set_scope`), else none, and the relevance gate decides. gate: the fallback relevance gate; default the
+        one saved with the store by `calibrate`, else `retrieval.gate.UNFITTED`. directory: an embedded store's
+        folder (its write lock and delete journal live there; see retrieval/writelock.py)."""
         self.client = client
         self.lock, self.journal = WriteLock(directory), DeleteJournal(directory)
         self.name = collection
@@ -121,6 +127,7 @@ class EditStore:
                                                     embedding_function=None)
         self.records = client.get_or_create_collection(f"{collection}-edits", embedding_function=None)
         self.gate = gate or self.saved_gate() or UNFITTED
+        self.scope = scope or self.saved_scope()
         self._deepen_key_search()
 
     def _deepen_key_search(self) -> None:
@@ -132,15 +139,16 @@ class EditStore:
 
     @classmethod
     def open(cls, path: Path | None = None, url: str | None = None, collection: str = "edits",
-             embedder: Embedder | None = None, gate: Gate | None = None) -> EditStore:
+             embedder: Embedder | None = None, gate: Gate | None = None, scope: ScopeModel | None = None
+             ) -> EditStore:
         """The embedded store under `path` (created under its write lock: two processes may open a new store at
         once), or the collection on the Chroma server at `url`. A delete a crash interrupted is finished here."""
         directory = Path(path) if path is not None and not url else None
         if directory is None:
-            return cls(open_client(path, url), collection, embedder, gate)
+            return cls(open_client(path, url), collection, embedder, gate, scope=scope)
         directory.mkdir(parents=True, exist_ok=True)
         with WriteLock(directory).held():
-            store = cls(open_client(directory), collection, embedder, gate, directory)
+            store = cls(open_client(directory), collection, embedder, gate, directory, scope)
             store.finish_pending_deletes()
         return store
 
@@ -152,7 +160,14 @@ class EditStore:
 
     @property
     def threshold(self) -> float:
-        return self.gate.threshold
+        return self.scope.threshold if self.scope is not None else self.gate.threshold
+
+    def decider(self) -> str:
+        """Which model decides what passes, in words (`lte edit search` prints it)."""
+        if self.scope is not None:
+            return self.scope.describe()
+        return (f"relevance gate (fallback: no scope model; threshold {self.gate.threshold:.3f}; train one with "
+                "`lte scope train` or `lte align`)")
 
     @property
     def embedder(self) -> Embedder:
@@ -333,7 +348,21 @@ class EditStore:
         return self.search_many([query], k, gated)[0]
 
     def search_many(self, queries: Sequence[str], k: int = 3, gated: bool = True) -> list[list[Hit]]:
-        """The k best current edits per query; with `gated`, only those scoring at least `threshold`."""
+        """The k best current edits per query among its candidates (`candidates`), ranked by the scope model's (or
+        the gate's) probability; with `gated`, only those scoring at least `threshold`."""
+        shortlists = self.candidates(queries, k)
+        flat = [(q, edit, cosine, key) for q, shortlist in enumerate(shortlists) for edit, cosine, key in shortlist]
+        scores = self.relevance([queries[q] for q, *_ in flat], [c[1] for c in flat], [c[2] for c in flat])
+        floor = self.threshold if gated else float("-inf")
+        results: list[list[Hit]] = [[] for _ in queries]
+        for (q, edit, _, key), score in zip(flat, scores):
+            if score >= floor:
+                results[q].append(Hit(edit, score, key))
+        return [sorted(hits, key=lambda h: -h.score)[:k] for hits in results]
+
+    def candidates(self, queries: Sequence[str], k: int = 3) -> list[list[tuple[Edit, float, str]]]:
+        """Per query, the 2k current edits nearest to it by their best key: (edit, cosine, key text), nearest
+        first. What the scope model or gate then decides on."""
         if not queries:
             return []
         queries = [nfc(q) for q in queries]  # as the edits are stored: one spelling per text
@@ -343,21 +372,16 @@ class EditStore:
                                  include=["metadatas", "distances"])
         best_per_query = [self._best_edits(m, d, k) for m, d in zip(result["metadatas"], result["distances"])]
         records = self._records({edit_id for best in best_per_query for edit_id, _, _ in best})
-        candidates = [(q, records[i], cosine, key) for q, best in enumerate(best_per_query)
-                      for i, cosine, key in best if i in records]
-        scores = self.relevance([queries[q] for q, *_ in candidates], [c[1] for c in candidates],
-                                [c[2] for c in candidates])
-        floor = self.threshold if gated else float("-inf")
-        results: list[list[Hit]] = [[] for _ in queries]
-        for (q, edit, _, key), score in zip(candidates, scores):
-            if score >= floor:
-                results[q].append(Hit(edit, score, key))
-        return [sorted(hits, key=lambda h: -h.score)[:k] for hits in results]
+        return [[(records[i], cosine, key) for i, cosine, key in best if i in records] for best in best_per_query]
 
     def relevance(self, queries: Sequence[str], edits: Sequence[Edit], cosines: Sequence[float]) -> list[float]:
-        """The gate's probability that each edit answers its query (see `retrieval.gate`)."""
+        """The probability that each edit answers its query: the scope model's, else the gate's."""
         if not queries:
             return []
+        queries = [nfc(q) for q in queries]
+        if self.scope is not None:
+            pairs = [(q, e.prompt) for q, e in zip(queries, edits)]
+            return [round(float(p), 4) for p in self.scope.probabilities(pairs)]
         if self.gate.weights[2] == 0:  # the unfitted gate ignores the relation: skip its embeddings
             features = [(c, gates.subject_coverage(q, e.subject), 0.0) for q, e, c in zip(queries, edits, cosines)]
         else:
@@ -399,8 +423,25 @@ class EditStore:
 
     def set_gate(self, gate: Gate) -> None:
         self.gate = gate
+        self._set_metadata(gate=gate.to_json())
+
+    def set_scope(self, scope: ScopeModel | None) -> None:
+        """Use `scope` (None: the gate) and record its folder with the store, for every later open."""
+        self.scope = scope
+        self._set_metadata(scope=str(scope.path.resolve()) if scope is not None else "")
+
+    def _set_metadata(self, **values: str) -> None:
         with self.lock.held():
-            self.records.modify(metadata={"gate": gate.to_json()})
+            self.records.modify(metadata={**(self.records.metadata or {}), **values})
+
+    def saved_scope(self) -> ScopeModel | None:
+        path = (self.records.metadata or {}).get("scope")
+        if not path:
+            return None
+        if not (Path(path) / "scope.json").is_file():
+            log.warning("lte: the store's scope model %s is missing; the relevance gate decides instead", path)
+            return None
+        return ScopeModel(path)
 
     def saved_gate(self) -> Gate | None:
         metadata = self.records.metadata or {}

@@ -47,7 +47,7 @@ def ke_trained(tiny, tmp_path_factory):
 
     from baselines.knowledge_editor import KE, KEConfig
     from baselines.training import TrainConfig, train_learned
-    from lte.align.data import table_cases
+    from lte.tables import table_cases
 
     cases = table_cases(120, random.Random(1))
     path = tmp_path_factory.mktemp("ke") / "ke.pt"
@@ -64,7 +64,7 @@ def mend_trained(tiny, tmp_path_factory):
 
     from baselines.mend import MEND, MENDConfig
     from baselines.training import TrainConfig, train_learned
-    from lte.align.data import table_cases
+    from lte.tables import table_cases
 
     cases = table_cases(120, random.Random(2))
     path = tmp_path_factory.mktemp("mend") / "mend.pt"
@@ -123,3 +123,21 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory):
+    """A 2-layer, 32-wide BERT with the bundled embedder's tokenizer: a scope model to train in seconds."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from retrieval.embedder import resolve_embedder
+
+    folder = tmp_path_factory.mktemp("tiny-encoder")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_embedder(None))
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

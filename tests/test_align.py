@@ -5,9 +5,12 @@ import pytest
 
 from lte import prompting
 from lte.align import finetune
-from lte.align.data import AlignDataConfig, build_rows, table_cases, whole_sentences
+from lte.align.data import AlignDataConfig, build_rows, whole_sentences
 from lte.align.finetune import AlignConfig, align, training_precision
 from lte.models import MANIFEST, load_model
+from lte.tables import table_cases
+from retrieval.scope import ScopeConfig, ScopeModel
+from retrieval.scope_data import ScopeDataConfig
 
 SMALL = AlignDataConfig(in_scope=24, out_of_scope=12, linguistic=6, describe=6, table_edits=30, distill_tokens=4,
                         instruction_tokens=4)
@@ -66,10 +69,14 @@ def test_table_cases_have_questions_and_neighbours():
     assert all(p.answers == (case.edit.target_new,) for p in case.paraphrases)
 
 
-def test_align_writes_a_loadable_model_with_manifest(tmp_path, monkeypatch):
+def test_align_writes_a_loadable_model_with_manifest_and_scope_model(tmp_path, monkeypatch, tiny_encoder):
     monkeypatch.setattr(finetune, "cpu_has_native_bf16", lambda: True)
     loaded = load_model("tiny-random")
-    out = align(loaded, AlignConfig(out=tmp_path / "aligned", max_steps=2, batch_size=4, data=SMALL), progress=False)
+    scope = ScopeConfig(base=str(tiny_encoder), max_steps=2, batch_size=8)
+    tiny_pairs = ScopeDataConfig(cases_per_source=10, table_edits=10, noun_edits=10)
+    out = align(loaded, AlignConfig(out=tmp_path / "aligned", max_steps=2, batch_size=4, data=SMALL, scope=scope,
+                                    scope_data=tiny_pairs), progress=False)
+    assert ScopeModel(out / "scope").info.mix["other_relation"] > 0  # trained next to the model, where lte looks
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["base_model"] == "tiny-random" and manifest["steps"] == 2 and manifest["data_hash"]
     assert manifest["config"]["precision"] == "auto" and manifest["trained_in"] == "bfloat16"
@@ -99,7 +106,7 @@ def test_whole_sentences_trims_cut_off_text():
 
 def test_lora_alignment_writes_an_adapter_that_loads_merged(tmp_path):
     loaded = load_model("tiny-random")
-    out = align(loaded, AlignConfig(out=tmp_path / "lora", max_steps=1, batch_size=4, lora=True, lora_r=4,
+    out = align(loaded, AlignConfig(out=tmp_path / "lora", max_steps=1, batch_size=4, lora=True, lora_r=4, scope=None,
                                     data=SMALL), progress=False)
     assert (out / "adapter_config.json").is_file()
     merged = load_model(str(out))
@@ -118,7 +125,8 @@ def test_align_runs_under_accelerate_launch(tmp_path):
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     command = ["-m", "lte.cli", "--model", "tiny-random", "align", "--out", str(out), "--max-steps", "2",
-               "--batch-size", "4", "--in-scope", "24", "--out-of-scope", "12", "--linguistic", "6", "--describe", "6"]
+               "--batch-size", "4", "--in-scope", "24", "--out-of-scope", "12", "--linguistic", "6", "--describe", "6",
+               "--no-scope"]
     done = subprocess.run(launch + command, env={**os.environ, "LTE_HOME": str(tmp_path / "home")},
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -150,5 +158,6 @@ def test_a_model_without_chat_template_trains_on_the_tokens_it_is_prompted_with(
 def test_align_trains_a_model_without_chat_template(tmp_path):
     loaded = load_model("tiny-random")
     loaded.tokenizer.chat_template = None
-    out = align(loaded, AlignConfig(out=tmp_path / "plain", max_steps=1, batch_size=4, data=SMALL), progress=False)
+    out = align(loaded, AlignConfig(out=tmp_path / "plain", max_steps=1, batch_size=4, data=SMALL, scope=None),
+                progress=False)
     assert json.loads((out / MANIFEST).read_text())["steps"] == 1

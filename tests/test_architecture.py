@@ -13,7 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE = {"lte", "lte.errors", "lte.config", "lte.settings", "lte.schema", "lte.datasets", "lte.prompting",
-        "lte.scoring", "lte.metrics", "lte.models", "lte.tiny", "lte.editor", "lte.harness", "lte.catalog"}
+        "lte.scoring", "lte.metrics", "lte.models", "lte.tiny", "lte.editor", "lte.harness", "lte.catalog",
+        "lte.tables"}
 OURS = ("lte", "retrieval", "baselines")
 
 

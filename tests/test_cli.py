@@ -38,7 +38,8 @@ def test_edit_add_count_search_rm_and_idempotence(tmp_path, capsys):
     main(["--store", store, "edit", "count"])
     assert capsys.readouterr().out.strip() == "2"
     main(["--store", store, "edit", "search", "Where is the Space Needle?"])
-    assert "Goa" in capsys.readouterr().out.splitlines()[0]
+    deciding, first = capsys.readouterr().out.splitlines()[:2]
+    assert deciding.startswith("deciding: relevance gate (fallback: no scope model") and "Goa" in first
     main(["--store", store, "edit", "list"])
     edit_id = capsys.readouterr().out.split()[0]
     assert main(["--store", store, "edit", "rm", edit_id]) == 0

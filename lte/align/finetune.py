@@ -24,6 +24,8 @@ from lte.align.data import (
 )
 from lte.models import MANIFEST, LoadedModel
 from lte.scoring import target_ids
+from retrieval.scope import ScopeConfig
+from retrieval.scope_data import ScopeDataConfig
 
 if TYPE_CHECKING:
     import torch
@@ -36,6 +38,8 @@ class AlignConfig:
 
     epochs: passes over the data (ignored when max_steps > 0). batch_size × grad_accum = effective batch.
     lora: train a LoRA adapter (r=lora_r on all linear layers) instead of every weight — for large models.
+    scope / scope_data: how to train the scope model on the same training files and lte's tables afterwards
+    (`retrieval.scope`, written to OUT/scope); scope=None skips it.
     precision: 'auto' (bfloat16 mixed precision where the hardware computes it natively: a CUDA device that supports
     it, a CPU with AVX512-BF16 or AMX; float32 elsewhere), 'float32', 'bfloat16' or 'float16'; the weights stay
     float32 (half-precision weights lose small Adam updates) and the forward/backward passes run in the half type
@@ -56,6 +60,8 @@ class AlignConfig:
     precision: str = "auto"
     seed: int = 0
     data: AlignDataConfig = field(default_factory=AlignDataConfig)
+    scope: ScopeConfig | None = field(default_factory=ScopeConfig)
+    scope_data: ScopeDataConfig = field(default_factory=ScopeDataConfig)
 
 
 def align(loaded: LoadedModel, cfg: AlignConfig, progress: bool = True) -> Path:
@@ -79,6 +85,8 @@ def align(loaded: LoadedModel, cfg: AlignConfig, progress: bool = True) -> Path:
     if state.is_main_process:
         fit_gate_for(cfg, out)
         _save(trainer, loaded, cfg, out, data_hash, len(rows), seconds)
+        if cfg.scope is not None:
+            train_scope_for(cfg, out, progress)
     state.wait_for_everyone()
     return out
 
@@ -109,6 +117,18 @@ def fit_gate_for(cfg: AlignConfig, out: Path, embedder=None) -> None:
     groups = by_source(alignment_cases(cfg.data, cfg.data_files)).values()
     cases = [case for group in groups for case in group[:GATE_CASES_PER_SOURCE]]
     fit_gate_on(cases, embedder or Embedder()).save(Path(out) / GATE_FILE)
+
+
+def train_scope_for(cfg: AlignConfig, out: Path, progress: bool = True) -> None:
+    """Train the scope model on the alignment run's training files (plus lte's tables and relation nouns) into
+    OUT/scope, where `lte` finds it; a finished one is kept (re-running align resumes, it does not retrain)."""
+    from retrieval.scope import META_FILE, SCOPE_DIR, train_scope
+    from retrieval.scope_data import training_pairs
+
+    target = Path(out) / SCOPE_DIR
+    if (target / META_FILE).is_file():
+        return
+    train_scope(training_pairs(cfg.data_files, cfg.scope_data), target, cfg.scope, progress=progress)
 
 
 def _trainer(loaded: LoadedModel, rows: list[dict], cfg: AlignConfig, progress: bool):
@@ -185,7 +205,8 @@ def _save(trainer, loaded: LoadedModel, cfg: AlignConfig, out: Path, data_hash: 
                 "steps": trainer.state.global_step, "seed": cfg.seed, "lora": cfg.lora,
                 "train_seconds": round(seconds, 1), "trained_in": _trained_in(trainer),
                 "data_files": [str(p) for p in cfg.data_files],
-                "config": {k: v for k, v in asdict(cfg).items() if k not in ("out", "data_files", "data")},
+                "config": {k: v for k, v in asdict(cfg).items()
+                           if k not in ("out", "data_files", "data", "scope_data")},
                 "data_config": asdict(cfg.data)}
     # The manifest is written last: a directory with one holds a finished model.
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2))

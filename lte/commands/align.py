@@ -8,6 +8,7 @@ from lte.align.data import AlignDataConfig
 from lte.align.finetune import AlignConfig
 from lte.commands.common import existing_files
 from lte.models import load_model
+from retrieval.scope import ScopeConfig
 
 
 def register(commands) -> None:
@@ -21,7 +22,8 @@ def register(commands) -> None:
         "auto, trains in bfloat16 where the hardware computes it natively (a CUDA GPU that supports it, a CPU with "
         "AVX512-BF16 or AMX: 1.55x faster than float32 on the 2-core CPU we measure on, quality within a few "
         "cases) and in float32 elsewhere; `lte --dtype float32 align` forces float32 (results/align-recipes.txt). "
-        "The manifest records which one ran (trained_in).")
+        "The manifest records which one ran (trained_in). After the model, the scope model that decides which "
+        "retrieved edits reach the prompt is trained on the same --data files (`lte scope train`; OUT/scope).")
     parser.add_argument("--out", help="output directory (default HOME/aligned/<model>)")
     parser.add_argument("--data", nargs="+", default=[], metavar="FILE",
                         help="extra training datasets in any format lte reads (training splits only)")
@@ -36,6 +38,8 @@ def register(commands) -> None:
     parser.add_argument("--describe", type=int, default=data.describe,
                         help="open requests about an edited subject ('Tell me about X.')")
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--no-scope", action="store_true",
+                        help="skip training the scope model (OUT/scope; `lte scope train` trains one later)")
     parser.set_defaults(handler=run)
 
 
@@ -49,7 +53,8 @@ def run(args, settings) -> int:
                            describe=args.describe, seed=args.seed)
     cfg = AlignConfig(out=out, data_files=args.data, max_steps=args.max_steps, epochs=args.epochs,
                       batch_size=args.batch_size, learning_rate=args.learning_rate, lora=args.lora,
-                      seed=args.seed, data=data, precision=settings.dtype)
+                      seed=args.seed, data=data, precision=settings.dtype,
+                      scope=None if args.no_scope else ScopeConfig(seed=args.seed))
     # float32 master weights on the chosen device; --dtype sets the mixed precision of the passes
     align(load_model(settings.model, settings.home, **(settings.load_options | {"dtype": "float32"})), cfg)
     print(f"aligned model written to {out}; use it with: lte --model {out} ask \"...\"")

@@ -44,27 +44,38 @@ def register(commands) -> None:
     count.add_argument("--history", action="store_true", help="count superseded edits too")
     count.set_defaults(handler=run_count)
     calibrate = sub.add_parser(
-        "calibrate", help="fit the relevance gate on training data and save it with the store",
-        description="Fit the relevance gate (cosine, subject coverage and relation similarity, combined by a "
-        "logistic model; see retrieval/gate.py) on labelled prompts from training datasets: each case's own and "
-        "paraphrase prompts should pass its edit, its locality prompts (other subjects, other relations of the same "
-        "subject) should not. Use training splits, never the data you evaluate on.")
+        "calibrate", help="fit what decides which edits pass (the scope model, else the gate) to your data",
+        description="Fine-tune the store's scope model (or the one trained next to --model) on labelled prompts "
+        "from training datasets — each case's own and paraphrase prompts should receive its edit, its locality "
+        "prompts (other subjects, other relations of the same subject) should not — and record the result with the "
+        "store. Where no scope model exists, or with --gate, fit the fallback relevance gate instead (cosine, "
+        "subject coverage and relation similarity combined by a logistic model; retrieval/gate.py). Use training "
+        "splits, never the data you evaluate on.")
     calibrate.add_argument("datasets", nargs="*", metavar="DATASET", help="training datasets in any format lte reads")
     calibrate.add_argument("--tables", type=int, default=0, metavar="N",
                            help="also N edits sampled from lte's own tables, with paraphrases, neighbours and other "
-                           "relations of the same subject (what `lte align` fits its gate on)")
+                           "relations of the same subject")
     calibrate.add_argument("--limit", type=int, default=1000, help="cases per dataset (default 1000)")
-    calibrate.add_argument("--dry-run", action="store_true", help="report without saving the gate")
-    calibrate.add_argument("--save-to", metavar="FILE", help="write the gate as JSON to FILE instead of the store "
-                           "(for `lte eval --editor lte --set gate=FILE`)")
+    calibrate.add_argument("--gate", action="store_true", help="fit the relevance gate, not the scope model")
+    calibrate.add_argument("--dry-run", action="store_true",
+                           help="report how the current decider does on the data, without changing anything")
+    calibrate.add_argument("--save-to", metavar="PATH", help="write the result to PATH instead of recording it "
+                           "with the store: a scope model folder (for `lte eval --editor lte --set scope=PATH`) or, "
+                           "with --gate, a gate JSON (`--set gate=PATH`)")
     calibrate.set_defaults(handler=run_calibrate)
     parser.set_defaults(handler=lambda args, settings: parser.print_help() or 2)
 
 
-def open_store(settings):
+def open_store(settings, decide: bool = False):
+    """The store named by the settings; with `decide`, using the scope model trained next to --model when the
+    store records none (as `lte ask` and `lte serve` do)."""
+    from retrieval.scope import scope_beside
     from retrieval.store import EditStore
 
-    return EditStore.open(settings.store_dir, settings.chroma_url, settings.collection)
+    store = EditStore.open(settings.store_dir, settings.chroma_url, settings.collection)
+    if decide and store.scope is None:
+        store.scope = scope_beside(settings.model)
+    return store
 
 
 def run_add(args, settings) -> int:
@@ -107,13 +118,14 @@ def run_restore(args, settings) -> int:
 
 
 def run_search(args, settings) -> int:
-    store = open_store(settings)
+    store = open_store(settings, decide=True)
+    print(f"deciding: {store.decider()}")
     hits = store.search(args.query, k=args.k, gated=not args.all)
     for hit in hits:
-        gate = "" if hit.score >= store.threshold else "  (below gate)"
-        print(f"{hit.score:.3f}  {hit.edit.id}  {hit.edit.statement}{gate}")
+        below = "" if hit.score >= store.threshold else "  (below threshold)"
+        print(f"{hit.score:.3f}  {hit.edit.id}  {hit.edit.statement}{below}")
     if not hits:
-        print(f"no edit scores above the relevance gate ({store.threshold:.3f})")
+        print(f"no edit scores above the threshold ({store.threshold:.3f})")
     return 0
 
 
@@ -133,13 +145,22 @@ def run_calibrate(args, settings) -> int:
     if args.tables:
         import random
 
-        from lte.align.data import table_cases
+        from lte.tables import table_cases
 
         cases += table_cases(args.tables, random.Random(0))
     if not cases:
         raise InputError("lte edit calibrate: give training DATASET files, --tables N, or both")
+    store = open_store(settings, decide=True)
+    if args.gate or store.scope is None:
+        if not args.gate:
+            print("no scope model (train one with `lte scope train` or `lte align`): fitting the relevance gate")
+        return calibrate_gate(store, cases, args)
+    return calibrate_scope(store, cases, args, settings)
+
+
+def calibrate_gate(store, cases, args) -> int:
     save_in_store = not args.dry_run and not args.save_to
-    gate = open_store(settings).calibrate(cases, save=save_in_store)
+    gate = store.calibrate(cases, save=save_in_store)
     if args.save_to and not args.dry_run:
         gate.save(Path(args.save_to))
     print(f"gate {dict(zip(('cosine', 'subject', 'relation'), gate.weights))}, bias {gate.bias}, "
@@ -147,3 +168,30 @@ def run_calibrate(args, settings) -> int:
           f"({gate.fit_related} related, {gate.fit_unrelated} unrelated prompts)"
           + ("" if args.dry_run else f"; saved to {args.save_to or 'the store'}"))
     return 0
+
+
+def calibrate_scope(store, cases, args, settings) -> int:
+    """Fine-tune the scope model on pairs from the user's cases (plus as many relation-noun edits, so it keeps what
+    it knew), then record it with the store (or write it to --save-to)."""
+    from retrieval.scope import train_scope
+    from retrieval.scope_data import ScopeDataConfig, scope_pairs
+
+    current = store.scope
+    pairs = scope_pairs([cases], [], ScopeDataConfig(noun_edits=len(cases)))
+    before = current.accuracy(pairs)
+    if args.dry_run:
+        print(f"{current.describe()}: accuracy {before:.3f} on {len(pairs)} pairs from the data (dry run)")
+        return 0
+    target = Path(args.save_to) if args.save_to else scope_folder(store, settings)
+    tuned = train_scope(pairs, target, start_from=current.path)
+    if not args.save_to:
+        store.set_scope(tuned)
+    print(f"scope model fine-tuned on {len(pairs)} pairs: accuracy {before:.3f} -> {tuned.accuracy(pairs):.3f}; "
+          f"saved to {target}" + ("" if args.save_to else " and recorded with the store"))
+    return 0
+
+
+def scope_folder(store, settings) -> Path:
+    """Where a store's own scope model lives: beside an embedded store's data, else under HOME."""
+    base = store.lock.directory if getattr(store.lock, "directory", None) else settings.home / "scopes"
+    return Path(base) / f"scope-{store.name}"

@@ -27,10 +27,10 @@ def register(commands) -> None:
                         help="allow binding beyond loopback without --api-key (anyone who can reach the port can "
                         "read and change the edits)")
     remote = parser.add_argument_group(
-        "generation on another server", "Keep the edits, the relevance gate and the prompt here and let an "
+        "generation on another server", "Keep the edits, the scope model (or gate) and the prompt here and let an "
         "OpenAI-compatible server (vLLM, TGI, llama.cpp's server, SGLang, `lte serve --generation-only`) generate: "
         "each prompt, written exactly as lte writes it, goes to that server's /v1/completions. --model then only "
-        "supplies the tokenizer (its chat template) and the gate fitted next to it.")
+        "supplies the tokenizer (its chat template) and the scope model trained next to it.")
     remote.add_argument("--generator-url", metavar="URL", help="the server's OpenAI base URL, e.g. "
                         "http://gpu-box:8000/v1 [env LTE_GENERATOR_URL]")
     remote.add_argument("--generator-model", metavar="NAME", help="model name there for prompts carrying edits "

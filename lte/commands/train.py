@@ -41,9 +41,9 @@ def run(args, settings) -> int:
 
     from baselines.learned import default_checkpoint
     from baselines.training import TrainConfig, train_learned
-    from lte.align.data import table_cases
     from lte.config import build_config, parse_pairs
     from lte.datasets import load_cases
+    from lte.tables import table_cases
 
     module, _, attribute = METHODS[args.method_name][0].partition(":")
     method = getattr(importlib.import_module(module), attribute)

@@ -1,0 +1,186 @@
+"""The scope model: a cross-encoder that reads a question and a candidate edit together and says whether the edit
+answers the question.
+
+Search finds candidates by meaning (a nearest-neighbour query over the edits' keys); the scope model decides which
+of them enter the prompt: none, one or several. A bi-encoder cosine cannot tell "The name of the founder of X is"
+from "The name of the country of X is" (both name X and share the frame); a cross-encoder attends across the two
+texts and can. The idea is SERAC's scope classifier (Mitchell et al., 2022) and KEDAS's filter (2025).
+
+The model is a sentence-transformers `CrossEncoder` with one logit, initialised from the bundled all-MiniLM-L6-v2
+embedder (a 6-layer BERT that ships offline and already encodes these texts for search: 22 M parameters, a few ms
+per pair on two CPU cores), trained with binary cross-entropy on pairs from `retrieval.scope_data`. The edit side of
+a pair is the edit's prompt: the relation it changes and the subject it is about; its answer says nothing about
+scope. A folder holds the model and `scope.json` (threshold, what it was trained on).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lte.errors import InputFileError
+from retrieval.embedder import resolve_embedder
+from retrieval.scope_data import ScopePair, mix
+
+log = logging.getLogger(__name__)
+
+META_FILE = "scope.json"
+SCOPE_DIR = "scope"  # the scope model `lte align` trains inside the aligned model's folder
+
+
+def scope_beside(model_spec: str) -> ScopeModel | None:
+    """The scope model inside a model folder (`lte align` output), if it has one."""
+    path = Path(model_spec).expanduser() / SCOPE_DIR
+    return ScopeModel(path) if (path / META_FILE).is_file() else None
+
+
+@dataclass
+class ScopeConfig:
+    """base: the encoder the cross-encoder starts from (default the bundled embedder; any BERT-style path or name).
+    epochs / batch_size / learning_rate / warmup_ratio: one pass over ~43,000 pairs at batch 32 with the usual
+    fine-tuning rate for a small BERT (2e-5 to 5e-5; the higher end, as there is one epoch). max_length: tokens per
+    pair (question + edit prompt; the longest training pairs are ~60). threshold: p(in scope) an edit needs to enter
+    the prompt (0.5 with positives weighted to balance the classes). balance: weight positives by negatives/positives
+    in the loss (the pairs are ~40 % positive). max_steps: stop early (tests, trials); 0 = the whole epoch count."""
+
+    base: str | None = None
+    epochs: int = 1
+    batch_size: int = 32
+    learning_rate: float = 5e-5
+    warmup_ratio: float = 0.1
+    max_length: int = 96
+    threshold: float = 0.5
+    balance: bool = True
+    max_steps: int = 0
+    seed: int = 0
+
+
+@dataclass
+class ScopeInfo:
+    """What `scope.json` records: the threshold in use and how the model was made."""
+
+    threshold: float = 0.5
+    base: str = ""
+    pairs: int = 0
+    mix: dict[str, int] = field(default_factory=dict)
+    train_seconds: float = 0.0
+    fine_tuned_from: str = ""
+
+
+class ScopeModel:
+    """p(the edit answers the question) for (question, edit prompt) pairs; an edit passes at p ≥ threshold."""
+
+    def __init__(self, path: str | Path, device: str = "cpu"):
+        path = Path(path).expanduser()
+        if not (path / META_FILE).is_file():
+            raise InputFileError(f"lte: {path}: not a scope model (no {META_FILE}; train one with `lte scope train`)")
+        from sentence_transformers import CrossEncoder
+
+        self.path = path
+        self.info = ScopeInfo(**json.loads((path / META_FILE).read_text()))
+        self.model = CrossEncoder(str(path), num_labels=1, device=device)
+
+    @property
+    def threshold(self) -> float:
+        return self.info.threshold
+
+    @property
+    def identity(self) -> str:
+        """A short hash of the weights: two folders with the same weights decide alike."""
+        digest = hashlib.sha256()
+        for weights in sorted(self.path.glob("*.safetensors")):
+            digest.update(weights.read_bytes())
+        return digest.hexdigest()[:16]
+
+    def probabilities(self, pairs: Sequence[tuple[str, str]], batch_size: int = 64) -> np.ndarray:
+        if not pairs:
+            return np.zeros(0)
+        import torch
+
+        scores = self.model.predict(list(pairs), batch_size=batch_size, show_progress_bar=False,
+                                    activation_fn=torch.nn.Sigmoid(), convert_to_numpy=True)
+        return np.asarray(scores, dtype=np.float64).reshape(-1)
+
+    def accuracy(self, pairs: Sequence[ScopePair]) -> float:
+        """Share of labelled pairs decided right at the threshold."""
+        p = self.probabilities([(x.question, x.edit_prompt) for x in pairs])
+        return float(np.mean((p >= self.threshold) == np.array([x.label for x in pairs]))) if pairs else 0.0
+
+    def describe(self) -> str:
+        return f"scope model {self.path} (cross-encoder, threshold {self.threshold:.2f}, {self.info.pairs} pairs)"
+
+
+def train_scope(pairs: Sequence[ScopePair], out: str | Path, cfg: ScopeConfig | None = None,
+                progress: bool = True, start_from: str | Path | None = None) -> ScopeModel:
+    """Train a scope model on `pairs` and write it to `out` (whole or not at all: it is built in a sibling folder and
+    moved into place). start_from: an existing scope model to fine-tune (`lte edit calibrate`), else cfg.base."""
+    cfg = cfg or ScopeConfig()
+    if not pairs:
+        raise InputFileError("lte: no training pairs for the scope model")
+    out = Path(out).expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
+    try:
+        start = time.time()
+        model = fit_cross_encoder(pairs, cfg, staging / "checkpoints", progress, start_from)
+        model.save_pretrained(str(staging))
+        shutil.rmtree(staging / "checkpoints", ignore_errors=True)
+        info = ScopeInfo(threshold=cfg.threshold, base=str(start_from or cfg.base or "all-minilm-l6-v2"),
+                         pairs=len(pairs), mix=mix(pairs), train_seconds=round(time.time() - start, 1),
+                         fine_tuned_from=str(start_from or ""))
+        (staging / META_FILE).write_text(json.dumps(asdict(info), indent=1) + "\n")
+        replace_dir(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return ScopeModel(out)
+
+
+def fit_cross_encoder(pairs: Sequence[ScopePair], cfg: ScopeConfig, scratch: Path, progress: bool,
+                      start_from: str | Path | None):
+    """One CrossEncoderTrainer run with binary cross-entropy; returns the trained CrossEncoder."""
+    import torch
+    from datasets import Dataset
+    from sentence_transformers import CrossEncoder
+    from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
+    from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
+
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    source = str(start_from) if start_from else resolve_embedder(cfg.base)
+    model = CrossEncoder(source, num_labels=1, max_length=cfg.max_length, device="cpu" if not
+                         torch.cuda.is_available() else None)
+    positives = sum(p.label for p in pairs)
+    weight = (len(pairs) - positives) / max(positives, 1) if cfg.balance else 1.0
+    loss = BinaryCrossEntropyLoss(model, pos_weight=torch.tensor(weight))
+    rows = Dataset.from_dict({"question": [p.question for p in pairs], "edit": [p.edit_prompt for p in pairs],
+                              "label": [float(p.label) for p in pairs]})
+    args = CrossEncoderTrainingArguments(
+        output_dir=str(scratch), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps or -1,
+        per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_ratio,
+        seed=cfg.seed, save_strategy="no", report_to="none", logging_steps=100, disable_tqdm=not progress,
+        dataloader_num_workers=0)
+    CrossEncoderTrainer(model=model, args=args, train_dataset=rows, loss=loss).train()
+    return model
+
+
+def replace_dir(staging: Path, out: Path) -> None:
+    """Put the finished folder at `out`; an older one there is moved aside first and removed after."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}-old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(staging, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
