@@ -28,7 +28,7 @@ def register(commands) -> None:
                         help=f"known: {', '.join(KNOWN)} (default: {', '.join(defaults.datasets)}); or "
                         "label=path for any dataset file")
     parser.add_argument("--set", action="append", default=[], metavar="EDITOR.KEY=VALUE",
-                        help="an option of one editor's config, e.g. --set lte.gate=FILE --set rome.layer=6; cells "
+                        help="an option of one editor's config, e.g. --set lte.scope=DIR --set rome.layer=6; cells "
                         "run with options are keyed and labelled with them; repeatable")
     parser.add_argument("--modes", nargs="+", default=defaults.modes, choices=MODES)
     parser.add_argument("--edit-batches", nargs="+", type=int, default=defaults.edit_batches, metavar="B",

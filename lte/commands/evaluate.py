@@ -45,7 +45,8 @@ def register(commands) -> None:
     parser.add_argument("--fluency-cases", type=int, default=EvalConfig.fluency_cases)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="an option of the editor's config, checked before the model loads, e.g. --set k=5 "
-                        "--set gate=FILE (lte), --set layer=6 (rome, grace), --set checkpoint=FILE (ke); repeatable")
+                        "--set scope=DIR or gate=FILE (lte), --set layer=6 (rome, grace), --set checkpoint=FILE (ke); "
+                        "repeatable")
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(handler=run)
 

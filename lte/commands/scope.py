@@ -29,14 +29,17 @@ def register(commands) -> None:
     train.add_argument("--out", help="output folder (default: scope/ inside --model when it is a folder, else "
                        "HOME/scope)")
     train.add_argument("--cases-per-source", type=int, default=data.cases_per_source,
-                       help="most cases taken from each file")
-    train.add_argument("--tables", type=int, default=data.table_edits, help="edits generated from lte's tables")
+                       help="most cases taken from each file (default %(default)s)")
+    train.add_argument("--tables", type=int, default=data.table_edits, help="edits generated from lte's tables (default %(default)s)")
     train.add_argument("--noun-edits", type=int, default=data.noun_edits,
-                       help="edits generated from the relation nouns (data/relation_nouns.json)")
-    train.add_argument("--epochs", type=int, default=defaults.epochs)
+                       help="edits generated from the relation nouns (data/relation_nouns.json; "
+                       "default %(default)s)")
+    train.add_argument("--epochs", type=int, default=defaults.epochs,
+                       help="passes over the pairs (default %(default)s)")
     train.add_argument("--max-steps", type=int, default=defaults.max_steps, help="stop after N steps (0: epochs)")
-    train.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    train.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    train.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                       help="pairs per step (default %(default)s)")
+    train.add_argument("--learning-rate", type=float, default=defaults.learning_rate, help="(default %(default)s)")
     train.add_argument("--seed", type=int, default=defaults.seed)
     train.set_defaults(handler=run_train)
     parser.set_defaults(handler=lambda args, settings: parser.print_help() or 2)
