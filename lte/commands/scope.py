@@ -30,7 +30,8 @@ def register(commands) -> None:
                        "HOME/scope)")
     train.add_argument("--cases-per-source", type=int, default=data.cases_per_source,
                        help="most cases taken from each file (default %(default)s)")
-    train.add_argument("--tables", type=int, default=data.table_edits, help="edits generated from lte's tables (default %(default)s)")
+    train.add_argument("--tables", type=int, default=data.table_edits,
+                       help="edits generated from lte's tables (default %(default)s)")
     train.add_argument("--noun-edits", type=int, default=data.noun_edits,
                        help="edits generated from the relation nouns (data/relation_nouns.json; "
                        "default %(default)s)")
