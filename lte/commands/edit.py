@@ -193,5 +193,4 @@ def calibrate_scope(store, cases, args, settings) -> int:
 
 def scope_folder(store, settings) -> Path:
     """Where a store's own scope model lives: beside an embedded store's data, else under HOME."""
-    base = store.lock.directory if getattr(store.lock, "directory", None) else settings.home / "scopes"
-    return Path(base) / f"scope-{store.name}"
+    return Path(store.lock.directory or settings.home / "scopes") / f"scope-{store.name}"
