@@ -133,6 +133,28 @@ def test_known_dataset_names_are_read_from_the_datasets_folder(tmp_path, monkeyp
         dataset_path("zsre", Settings.from_env())
 
 
+def test_training_files_resolve_by_name_file_name_or_path_and_say_where_to_get_them(tmp_path, monkeypatch):
+    from lte.catalog import TRAINING, data_files
+    from lte.errors import InputError
+    from lte.settings import Settings
+
+    folder = tmp_path / "data"
+    for relative in TRAINING.values():
+        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+        (folder / relative).write_text("[]")
+    own = write_jsonl(tmp_path / "mine.jsonl", EDITS)
+    monkeypatch.setenv("LTE_DATASETS", str(folder))
+    settings = Settings.from_env()
+    assert data_files(["counterfact-train", "zsre_mend_train-1k.json", str(own), "owner/hub-set"], settings) == [
+        str(folder / TRAINING["counterfact-train"]), str(folder / TRAINING["zsre-train"]), str(own), "owner/hub-set"]
+    (folder / TRAINING["zsre-train"]).unlink()
+    with pytest.raises(InputError, match="zsre_mend_train-1k.json was not found under the datasets folder.*curl"):
+        data_files(["zsre-train"], settings)
+    with pytest.raises(InputError, match="--data typo.json: no such file .*known names: counterfact-train"):
+        data_files(["typo.json"], settings)
+    assert main(["align", "--data", "typo.json"]) == 2  # refused before any model loads
+
+
 def test_serving_beyond_loopback_without_a_key_is_refused(capsys, monkeypatch):
     import lte.commands.serve as serve
 

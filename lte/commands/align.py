@@ -6,7 +6,7 @@ from pathlib import Path
 
 from lte.align.data import AlignDataConfig
 from lte.align.finetune import AlignConfig
-from lte.commands.common import existing_files
+from lte.catalog import DATA_HELP, data_files
 from lte.models import load_model
 from retrieval.scope import ScopeConfig
 
@@ -26,7 +26,7 @@ def register(commands) -> None:
         "retrieved edits reach the prompt is trained on the same --data files (`lte scope train`; OUT/scope).")
     parser.add_argument("--out", help="output directory (default HOME/aligned/<model>)")
     parser.add_argument("--data", nargs="+", default=[], metavar="FILE",
-                        help="extra training datasets in any format lte reads (training splits only)")
+                        help=DATA_HELP)
     parser.add_argument("--max-steps", type=int, default=defaults.max_steps, help="stop after N steps (-1: epochs)")
     parser.add_argument("--epochs", type=float, default=defaults.epochs)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
@@ -48,7 +48,7 @@ def run(args, settings) -> int:
 
     name = Path(settings.model).name or "model"
     out = Path(args.out).expanduser() if args.out else settings.home / "aligned" / name
-    existing_files(args.data, "--data")
+    args.data = data_files(args.data, settings)
     data = AlignDataConfig(in_scope=args.in_scope, out_of_scope=args.out_of_scope, linguistic=args.linguistic,
                            describe=args.describe, seed=args.seed)
     cfg = AlignConfig(out=out, data_files=args.data, max_steps=args.max_steps, epochs=args.epochs,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lte.catalog import data_files
 from lte.datasets import load_cases, located_edits
 from lte.errors import InputError, NotFoundError
 
@@ -141,7 +142,8 @@ def run_count(args, settings) -> int:
 
 
 def run_calibrate(args, settings) -> int:
-    cases = [case for path in args.datasets for case in load_cases(path, limit=args.limit)]
+    cases = [case for path in data_files(args.datasets, settings, "lte edit calibrate")
+             for case in load_cases(path, limit=args.limit)]
     if args.tables:
         import random
 

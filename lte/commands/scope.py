@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lte.commands.common import existing_files
+from lte.catalog import DATA_HELP, data_files
 
 
 def register(commands) -> None:
@@ -24,8 +24,7 @@ def register(commands) -> None:
         "cross-encoder on them, starting from the bundled MiniLM embedder. `lte align` runs this too and writes "
         "the model to ALIGNED/scope, where `lte` finds it. Use training splits, never the data you evaluate on.")
     train.add_argument("--data", nargs="*", default=[], metavar="FILE",
-                       help="training datasets in any format lte reads (e.g. counterfact-train.json "
-                       "zsre_mend_train-1k.json)")
+                       help=DATA_HELP)
     train.add_argument("--out", help="output folder (default: scope/ inside --model when it is a folder, else "
                        "HOME/scope)")
     train.add_argument("--cases-per-source", type=int, default=data.cases_per_source,
@@ -57,7 +56,7 @@ def run_train(args, settings) -> int:
     from retrieval.scope import ScopeConfig, train_scope
     from retrieval.scope_data import ScopeDataConfig, training_pairs
 
-    existing_files(args.data, "--data")
+    args.data = data_files(args.data, settings)
     out = Path(args.out).expanduser() if args.out else default_out(settings)
     data = ScopeDataConfig(cases_per_source=args.cases_per_source, table_edits=args.tables,
                            noun_edits=args.noun_edits, seed=args.seed)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lte.catalog import DATA_HELP
 from lte.models import load_model
 
 # name → (module holding the method, one-line help)
@@ -23,7 +24,7 @@ def register(commands) -> None:
                                 "the same command). Without --data it trains on counterfactual edits sampled from "
                                 "lte's shipped tables.")
         method.add_argument("--data", nargs="+", default=[], metavar="FILE",
-                            help="training datasets (training splits only)")
+                            help=DATA_HELP)
         method.add_argument("--out", help=f"checkpoint path (default HOME/{name}/<model>/{name}.pt)")
         method.add_argument("--steps", type=int, help="training edits (default: TrainConfig.steps, 250)")
         method.add_argument("--dev", type=int, default=20, help="held-out cases for the curve (default 20)")
@@ -41,6 +42,7 @@ def run(args, settings) -> int:
 
     from baselines.learned import default_checkpoint
     from baselines.training import TrainConfig, train_learned
+    from lte.catalog import data_files
     from lte.config import build_config, parse_pairs
     from lte.datasets import load_cases
     from lte.tables import table_cases
@@ -52,7 +54,8 @@ def run(args, settings) -> int:
         overrides["steps"] = args.steps
     cfg = build_config(TrainConfig, overrides, f"lte train {method.name}")  # refused before the model loads
     loaded = load_model(settings.model, settings.home, **settings.load_options)
-    cases = [c for path in args.data for c in load_cases(path)] or table_cases(1200, random.Random(args.seed))
+    files = data_files(args.data, settings)
+    cases = [c for path in files for c in load_cases(path)] or table_cases(1200, random.Random(args.seed))
     random.Random(cfg.seed).shuffle(cases)
     dev, train = cases[: cfg.dev_cases], cases[cfg.dev_cases:]
     out = Path(args.out) if args.out else default_checkpoint(settings.home, loaded.spec, method.name)
