@@ -161,3 +161,14 @@ def test_serving_beyond_loopback_without_a_key_is_refused(capsys, monkeypatch):
     monkeypatch.setattr(serve, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
     assert main(["serve", "--host", "0.0.0.0"]) == 2
     assert "--host 0.0.0.0 without --api-key" in capsys.readouterr().err
+
+
+def test_the_cli_reference_is_generated_from_the_parsers_and_current():
+    from pathlib import Path
+
+    from lte.commands.reference import reference
+
+    text = reference()
+    assert "## `lte edit calibrate`" in text and "usage: lte align" in text
+    current = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    assert current == text, "docs/cli.md is stale: python -m lte.commands.reference > docs/cli.md"
