@@ -96,7 +96,7 @@ class TargetBatch:
     def target_logprobs(self, logits: torch.Tensor) -> torch.Tensor:
         """Mean log-probability of each row's target tokens (a vector, one value per row). Normalises only at the
         target positions and reads them with one gather: indexing row by row made the backward pass allocate and
-        zero a full-vocabulary gradient per row (half of MEMIT's δ step on the default model, session 7)."""
+        zero a full-vocabulary gradient per row."""
         rows, positions, tokens = (torch.tensor(x, device=logits.device) for x in self.flat_targets())
         picked = logits[rows, positions].float()  # (target tokens, vocabulary)
         token_logprobs = picked.gather(-1, tokens[:, None])[:, 0] - torch.logsumexp(picked, dim=-1)
@@ -156,7 +156,7 @@ class PrefixCachedBatch:
         cache = copy.deepcopy(self.prefix_cache)
         if hasattr(cache, "batch_select_indices"):
             cache.batch_select_indices(rows)
-        elif cache is not None:  # a legacy tuple cache: ((keys, values), ...) per layer
+        elif cache is not None:  # transformers' tuple format: ((keys, values), ...) per layer
             cache = tuple(tuple(t[rows] for t in layer) for layer in cache)
         chosen = rows.tolist()
         target = self.target

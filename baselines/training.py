@@ -4,8 +4,7 @@ Each step takes one training edit: the network predicts ΔW from the edit (its g
 factors), and we minimise the new target's NLL on the edit prompt and a paraphrase under W + ΔW, subject to
 KL(base ‖ edited) ≤ margin on unrelated prompts (the case's own neighbour prompts, then other cases' prompts).
 The KL is taken at every position of the base model's own first answer tokens, teacher-forced: locality is scored
-on whole greedy answers, and a constraint on the first token alone let later tokens drift (session 2: retain 0.4
-on the first token, locality 0.23). The
+on whole greedy answers, and a constraint on the first token alone lets later tokens drift. The
 constraint is handled with a Lagrange multiplier λ = softplus(ρ), ρ updated by gradient ascent, as in KE's paper;
 with lambda_lr = 0 the multiplier stays at lambda_init and the loss is MEND's fixed weighting, edit + λ·KL.
 Checkpoints (with the optimiser state and the dev curve) are written every `save_every` steps and a re-run resumes
@@ -110,7 +109,7 @@ def train_learned(method: LearnedMethod, loaded: LoadedModel, train: Sequence[Ed
     checkpoint = resumed or Checkpoint(loaded.spec, model_cfg, {}, method=method.name)
     if resumed:
         state = torch.load(state_path, weights_only=False)
-        network.load_state_dict(state.get("network", state.get("hyper")))  # "hyper": KE before session 8
+        network.load_state_dict(state["network"])
         optimizer.load_state_dict(state["optimizer"])
         rho.data.fill_(state["rho"])
     predictor = UneditedEditor(loaded)

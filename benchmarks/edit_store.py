@@ -1,4 +1,4 @@
-"""Edit-store figures (issue 4), all measured in one run on this machine:
+"""Edit-store figures, all measured in one run on this machine:
 
 - insertion rate of N CounterFact edits through `EditStore.add`, against the embedder's own rate on the same key
   texts (the ratio is what matters: the machine is noisy);

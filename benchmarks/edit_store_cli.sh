@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The edit store as a new user meets it (issue 4): 10,000 CounterFact edits through `lte edit`, first in an embedded
+# The edit store as a new user meets it: 10,000 CounterFact edits through `lte edit`, first in an embedded
 # store, then against a Chroma server on loopback. Prints timings, counts, searches and the refusal of a bad file.
 # Usage: benchmarks/edit_store_cli.sh WORK_DIR [PORT]
 set -uo pipefail

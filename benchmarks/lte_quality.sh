@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# LTE quality figures (issue 5) as `lte bench` cells in OUT: the aligned model with retrieval against its ablations
+# LTE quality figures as `lte bench` cells in OUT: the aligned model with retrieval against its ablations
 # (same retrieval with the base model; the oracle; the unedited model), then LTE with N_COUNTERFACT edits stored.
 # Usage: benchmarks/lte_quality.sh ALIGNED_MODEL_DIR OUT_DIR [N_COUNTERFACT] [N_SMALL]
 set -euo pipefail

@@ -5,7 +5,7 @@ second copy of that base in memory; a LoRA adapter (`lte align --lora`) is serve
 weights with the adapter off. For each model this starts `lte --model M serve` on an empty temporary store, adds one
 edit, asks the questions below, and reads the process's peak resident memory (VmHWM) at the end.
 
-    python benchmarks/serve_memory.py smollm2-135m-instruct $LTE_HOME/aligned-t2 $LTE_HOME/aligned-lora
+    python benchmarks/serve_memory.py smollm2-135m-instruct $LTE_HOME/aligned/smollm2-135m-instruct ./aligned-lora
 """
 
 from __future__ import annotations

@@ -81,8 +81,7 @@ DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "f
 
 def load_base(loaded: LoadedModel, home: Path | None = None, **options) -> LoadedModel:
     """The unedited base `loaded` derives from: itself for a plain model, else loaded once and kept with `loaded`,
-    so an evaluation's routing, locality reference and parameter editors share one copy (a fully fine-tuned model
-    used to bring two)."""
+    so an evaluation's routing, locality reference and parameter editors share one copy."""
     if loaded.base_spec == loaded.spec:
         return loaded
     if loaded.base is None:

@@ -205,8 +205,8 @@ def _save(fig, ax, path: Path) -> Path:
 
 
 def placements(results: dict[str, dict]) -> str:
-    """The devices and precisions the cells record, with their counts (cells written before session 11 record
-    none: the reading or the cell's command says where those ran)."""
+    """The devices and precisions the cells record, with their counts (cells that record none are counted as
+    'not recorded'; their command says where they ran)."""
     counts = Counter(cell.get("placement") or "not recorded" for cell in results.values() if "metrics" in cell)
     return ", ".join(f"{where} ({n} cells)" for where, n in sorted(counts.items())) or "no cells"
 

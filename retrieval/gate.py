@@ -67,15 +67,15 @@ class Gate:
         return cls.from_json(Path(path).read_text())
 
 
-def legacy_gate(threshold: float) -> Gate:
-    """The gate of lte < 0.3 as a logistic model: relevance = cosine − 0.3 × (1 − subject) against `threshold`;
+def rule_gate(threshold: float) -> Gate:
+    """The unfitted rule as a logistic model: relevance = cosine − 0.3 × (1 − subject) against `threshold`;
     p ≥ 0.5 exactly when relevance ≥ threshold."""
     return Gate(weights=(20.0, 6.0, 0.0), bias=round(-6.0 - 20.0 * threshold, 6), threshold=0.5)
 
 
 # Before any fitting: cosine, minus 0.3 per missing share of the subject, at 0.5 (picked on CounterFact paraphrase
 # and neighbour prompts with all-MiniLM-L6-v2, benchmarks/edit_store.py). It ignores the relation.
-UNFITTED = legacy_gate(0.5)
+UNFITTED = rule_gate(0.5)
 
 
 def mask_subject(text: str, subject: str) -> str:

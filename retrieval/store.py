@@ -131,7 +131,8 @@ class EditStore:
         self._deepen_key_search()
 
     def _deepen_key_search(self) -> None:
-        """A store created before lte set the index depth searches at Chroma's default; raise it in place."""
+        """A keys collection created outside lte (a shared Chroma server, Chroma's own tools) searches at Chroma's
+        default depth; raise it in place."""
         depth = KEY_INDEX["hnsw:search_ef"]
         hnsw = (self.keys.configuration or {}).get("hnsw") or {}
         if hnsw.get("ef_search", depth) < depth:
@@ -447,8 +448,6 @@ class EditStore:
         metadata = self.records.metadata or {}
         if "gate" in metadata:
             return Gate.from_json(metadata["gate"])
-        if "threshold" in metadata:  # stores calibrated by lte < 0.3 saved a threshold on the old relevance score
-            return gates.legacy_gate(float(metadata["threshold"]))
         return None
 
     # ------------------------------------------------------------ export

@@ -7,9 +7,9 @@ from retrieval.gate import (
     best_threshold,
     fit_gate,
     gate_pairs,
-    legacy_gate,
     mask_subject,
     relation_similarity,
+    rule_gate,
 )
 
 
@@ -48,14 +48,14 @@ def test_fit_gate_learns_from_synthetic_features():
     assert gate.fit_precision == 1.0 and gate.fit_recall == 1.0 and gate.weights[0] > 0
 
 
-def test_gate_round_trips_and_legacy_matches_old_rule(tmp_path):
+def test_gate_round_trips_and_the_rule_gate_is_the_unfitted_rule(tmp_path):
     gate = Gate((1.0, 2.0, 3.0), -1.5, 0.4, "emb", 0.9, 0.8, 10, 5)
     gate.save(tmp_path / "g.json")
     assert Gate.load(tmp_path / "g.json") == gate
     for cosine, subject in [(0.6, 1.0), (0.79, 0.0), (0.81, 0.0), (0.45, 1.0)]:
         relevance = cosine - 0.3 * (1 - subject)
         assert (UNFITTED.probability((cosine, subject, 0.0)) >= 0.5) == (relevance >= 0.5)
-        assert (legacy_gate(0.6).probability((cosine, subject, 0.0)) >= 0.5) == (relevance >= 0.6)
+        assert (rule_gate(0.6).probability((cosine, subject, 0.0)) >= 0.5) == (relevance >= 0.6)
 
 
 def test_gate_pairs_label_paraphrases_and_locality():

@@ -29,7 +29,7 @@ def lte_process(*args, env=None):
 
 
 def test_writers_in_several_processes_share_a_new_store(tmp_path):
-    """Three `lte edit add` started together on a store that does not exist yet (one used to crash creating it)."""
+    """Three `lte edit add` started together on a store that does not exist yet (none may crash creating it)."""
     store = str(tmp_path / "store")
     files = [write_jsonl(tmp_path / f"e{i}.jsonl", [dict(NEEDLE, subject=f"Tower {i}-{j}",
                                                          prompt=f"Tower {i}-{j} is located in") for j in range(5)])

@@ -160,7 +160,7 @@ def test_a_lora_model_answers_unrelated_questions_with_its_own_weights_adapter_o
 
 
 def test_a_fully_fine_tuned_model_brings_one_base_copy_for_routing_reference_and_editors(tiny, tmp_path):
-    """`lte eval` with a full fine-tune used to load its base twice (LTE's routing, then the locality reference)."""
+    """`lte eval` with a full fine-tune loads its base once, for LTE's routing and the locality reference alike."""
     from lte.models import LoadedModel
     from lte.registry import base_model_of, build_editor, editor_config
     from lte.settings import Settings

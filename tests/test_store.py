@@ -132,14 +132,6 @@ def test_the_unfitted_gate_is_the_old_relevance_score(store):
     assert (hit.score >= UNFITTED.threshold) == (old >= 0.5)
 
 
-def test_a_store_calibrated_by_an_older_version_keeps_its_threshold(embedder, tmp_path):
-    from retrieval.gate import legacy_gate
-
-    old = EditStore(open_client(tmp_path / "db"), "old", embedder)
-    old.records.modify(metadata={"threshold": 0.574})
-    assert EditStore(open_client(tmp_path / "db"), "old", embedder).gate == legacy_gate(0.574)
-
-
 def test_named_collections_are_separate(embedder):
     client = open_client()
     a, b = EditStore(client, "set-a", embedder), EditStore(client, "set-b", embedder)
