@@ -10,7 +10,7 @@ from pathlib import Path
 
 from lte_data import data_lines, data_path
 
-from lte import prompting
+from lte import files, prompting
 from lte.models import LoadedModel
 from lte.scoring import ModelRunner
 
@@ -26,8 +26,7 @@ def corpus_texts(loaded: LoadedModel, sources: Sequence[str], tokens: int, seed:
     else:
         texts = list(_model_texts(loaded, tokens, seed))
         if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            cache.write_text(json.dumps({"tokens": tokens, "seed": seed, "texts": texts}))
+            files.write_json(cache, {"tokens": tokens, "seed": seed, "texts": texts}, indent=None)
         yield from texts
 
 

@@ -32,6 +32,7 @@ from baselines.common import (
     prefix_cached_batch,
     rendered,
 )
+from lte import files
 from lte.editor import ModelEditor
 from lte.errors import ConfigError
 from lte.models import LoadedModel
@@ -149,7 +150,8 @@ class GRACEEditor(ModelEditor):
             self.adaptor = None
 
     def save_codebook(self, path: Path) -> None:
-        torch.save({"layer": self.cfg.layer, "state": self.ensure_adaptor().codebook.state_dict()}, path)
+        with files.atomic_path(path) as tmp:
+            torch.save({"layer": self.cfg.layer, "state": self.ensure_adaptor().codebook.state_dict()}, tmp)
 
     def load_codebook(self, path: Path) -> None:
         saved = torch.load(path)

@@ -7,7 +7,6 @@ interface (`LearnedEditor`), the checkpoint format and its default place, and th
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 
 from baselines.common import WeightBackup, decoder_layers, mlp_projection
+from lte import files
 from lte.editor import ModelEditor
 from lte.errors import CheckpointError, EditorUnavailableError
 from lte.models import LoadedModel
@@ -68,12 +68,10 @@ class Checkpoint:
 
     def save(self, path: Path) -> None:
         """Written to a temporary file and renamed: a crash never leaves half a checkpoint."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"model": self.model, "config": asdict(self.config), "state": self.state, "curve": self.curve,
-                    "step": self.step, "method": self.method}, tmp)
-        tmp.replace(path)
-        path.with_suffix(".curve.json").write_text(json.dumps(self.curve, indent=1))
+        with files.atomic_path(path) as tmp:
+            torch.save({"model": self.model, "config": asdict(self.config), "state": self.state, "curve": self.curve,
+                        "step": self.step, "method": self.method}, tmp)
+        files.write_json(path.with_suffix(".curve.json"), self.curve)
 
     @classmethod
     def load(cls, path: Path, config_class: type, method: str | None = None) -> Checkpoint:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +36,7 @@ from baselines.common import (
     subject_last_token,
 )
 from baselines.statistics import capture_inputs, contexts, layer_covariances, sample_prefixes
-from lte import prompting
+from lte import files, prompting
 from lte.editor import ModelEditor
 from lte.errors import ConfigError
 from lte.models import LoadedModel
@@ -202,10 +201,8 @@ def unedited_targets(loaded: LoadedModel, edits: Sequence[Edit], prefixes: Seque
     if missing:
         z, nlls = target_residuals(loaded, missing, prefixes, cfg)
         cache.update({edit_key(e): (row.detach().cpu(), nll) for e, row, nll in zip(missing, z, nlls)})
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.tmp")
-        torch.save(cache, partial)
-        os.replace(partial, path)  # never a half-written cache
+        with files.atomic_path(path) as tmp:
+            torch.save(cache, tmp)
     rows = [cache[edit_key(e)] for e in edits]
     return torch.stack([z for z, _ in rows]).to(loaded.model.device), [nll for _, nll in rows]
 

@@ -13,6 +13,7 @@ import torch
 
 from baselines.common import mlp_projection
 from baselines.corpus import corpus_texts
+from lte import files
 from lte.models import LoadedModel
 from lte.schema import Edit
 
@@ -57,9 +58,8 @@ def estimate(loaded: LoadedModel, layers: Sequence[int], corpus: Sequence[str], 
     covariances = {}
     for layer in layers:
         covariances[layer] = (totals[layer] / count).float()
-        paths[layer].parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"cov": covariances[layer], "samples": count, "corpus": list(corpus) or "model-sampled"},
-                   paths[layer])
+        with files.atomic_path(paths[layer]) as tmp:
+            torch.save({"cov": covariances[layer], "samples": count, "corpus": list(corpus) or "model-sampled"}, tmp)
         log.info("covariance of layer %d from %d tokens: %s", layer, count, paths[layer])
     return covariances
 

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from baselines.common import batch_logits, pair_batch, target_batch, target_nll
 from baselines.learned import Checkpoint, LearnedMethod
+from lte import files
 from lte.editor import Query, UneditedEditor
 from lte.models import LoadedModel
 from lte.schema import EditCase
@@ -137,8 +138,9 @@ def train_learned(method: LearnedMethod, loaded: LoadedModel, train: Sequence[Ed
                                      "lambda": round(torch.nn.functional.softplus(rho.detach()).item(), 4)})
         if step % cfg.save_every == 0 or step == cfg.steps:
             # The training state first: a checkpoint that exists always has the state to resume it.
-            torch.save({"network": network.state_dict(), "optimizer": optimizer.state_dict(), "rho": rho.item()},
-                       state_path)
+            with files.atomic_path(state_path) as tmp:
+                torch.save({"network": network.state_dict(), "optimizer": optimizer.state_dict(), "rho": rho.item()},
+                           tmp)
             checkpoint.step, checkpoint.state = step, network.state_dict()
             checkpoint.save(path)
     return checkpoint

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lte import files
 from lte.catalog import QUICK as QUICK_DATASETS
 from lte.catalog import dataset_path
 from lte.config import changed_options, options_tag
@@ -137,7 +138,7 @@ def run_bench(cfg: BenchConfig, settings: Settings, progress: bool = True, comma
             continue  # cached: an interrupted bench continues where it stopped
         results[cell.key] = attempt(cell, cfg, settings, loaded, cases, results, progress, shared_references)
         results[cell.key].update(command=command, options=changed_options(cfg.configs[cell.editor]))
-        (cells_dir / f"{cell.key}.json").write_text(json.dumps(results[cell.key], indent=1))
+        files.write_json(cells_dir / f"{cell.key}.json", results[cell.key])
     return results
 
 

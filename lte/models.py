@@ -12,8 +12,6 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from lte import files
 from lte.errors import ConfigError, InputFileError, ModelNotFoundError
 from lte.settings import DEFAULT_MODEL, lte_home
 
@@ -250,14 +249,9 @@ def _write_cache(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cac
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=cache.parent, prefix=".tmp-"))
-    try:
+    with files.atomic_path(cache, directory=True) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, cache)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _load_directory(path: Path, home: Path, dtype: torch.dtype, merge_adapter: bool = True,

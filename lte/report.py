@@ -3,7 +3,6 @@ RESULTS.md with where every figure came from."""
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shlex
@@ -12,6 +11,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from lte import files
 from lte.grid import BenchConfig
 from lte.registry import editor_names
 from lte.schema import FACETS
@@ -213,12 +213,12 @@ def placements(results: dict[str, dict]) -> str:
 
 def write_reports(results: dict[str, dict], cfg: BenchConfig, settings: Settings, command: Sequence[str],
                   notes: str = "", results_md: Path | None = None) -> None:
-    (cfg.out / "results.json").write_text(json.dumps(results, indent=1))
+    files.write_json(cfg.out / "results.json", results)
     study = batch_table(results)
     tables = (f"## Quality (gen_acc / token_acc, prob_win in brackets)\n\n{quality_table(results)}\n\n"
               + (f"## Edit batch size (gen_acc)\n\n{study}\n\n" if study else "")
               + f"## Speed\n\n{speed_table(results)}\n")
-    (cfg.out / "results.md").write_text(tables)
+    files.write_text(cfg.out / "results.md", tables)
     plots = plot(results, cfg.out)
     header = (f"# Results\n\n{provenance(results, shlex.join(command))}\n\n"
               f"- model: `{settings.model}` (for `lte`; the other editors use its base model)\n"
@@ -228,7 +228,7 @@ def write_reports(results: dict[str, dict], cfg: BenchConfig, settings: Settings
               f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}\n\n")
     target = results_md or cfg.out / "RESULTS.md"
     figures = "".join(f"![{p.stem}]({os.path.relpath(p, target.parent)})\n" for p in plots)
-    target.write_text(header + (f"## Reading\n\n{notes.strip()}\n\n" if notes.strip() else "") + tables
+    files.write_text(target, header + (f"## Reading\n\n{notes.strip()}\n\n" if notes.strip() else "") + tables
                       + ("\n## Plots\n\n" + figures if plots else ""))
 
 

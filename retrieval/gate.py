@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lte import files
 from lte.schema import Edit, EditCase
 
 FEATURES = ("cosine", "subject", "relation")
@@ -60,7 +61,7 @@ class Gate:
         return cls(**data)
 
     def save(self, path: Path) -> None:
-        Path(path).write_text(self.to_json() + "\n")
+        files.write_text(path, self.to_json() + "\n")
 
     @classmethod
     def load(cls, path: Path) -> Gate:

@@ -18,10 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import random
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -29,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lte import files
 from lte.errors import InputFileError
 from retrieval.embedder import resolve_embedder
 from retrieval.scope_data import ScopePair, mix
@@ -129,9 +128,7 @@ def train_scope(pairs: Sequence[ScopePair], out: str | Path, cfg: ScopeConfig | 
     if not pairs:
         raise InputFileError("lte: no training pairs for the scope model")
     out = Path(out).expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
-    try:
+    with files.atomic_path(out, directory=True) as staging:
         start = time.time()
         model = fit_cross_encoder(pairs, cfg, staging / "checkpoints", progress, start_from)
         model.save_pretrained(str(staging))
@@ -139,11 +136,7 @@ def train_scope(pairs: Sequence[ScopePair], out: str | Path, cfg: ScopeConfig | 
         info = ScopeInfo(threshold=cfg.threshold, base=str(start_from or cfg.base or "all-minilm-l6-v2"),
                          pairs=len(pairs), mix=mix(pairs), train_seconds=round(time.time() - start, 1),
                          fine_tuned_from=str(start_from or ""))
-        (staging / META_FILE).write_text(json.dumps(asdict(info), indent=1) + "\n")
-        replace_dir(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        files.write_json(staging / META_FILE, asdict(info))
     return ScopeModel(out)
 
 
@@ -175,12 +168,3 @@ def fit_cross_encoder(pairs: Sequence[ScopePair], cfg: ScopeConfig, scratch: Pat
     return model
 
 
-def replace_dir(staging: Path, out: Path) -> None:
-    """Put the finished folder at `out`; an older one there is moved aside first and removed after."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}-old-{os.getpid()}")
-        os.replace(out, old)
-    os.replace(staging, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from lte import files
 from lte.errors import InputError, NotFoundError
 from lte.schema import Edit, EditCase, nfc
 from retrieval import gate as gates
@@ -455,11 +456,9 @@ class EditStore:
     def export(self, path: Path, history: bool = False) -> int:
         """Write edits as JSONL (atomically) and return how many."""
         stored = self.list(history)
-        tmp = Path(path).with_suffix(Path(path).suffix + ".tmp")
-        with tmp.open("w", encoding="utf-8") as handle:
+        with files.atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as handle:
             for item in stored:
                 handle.write(json.dumps(item.edit.to_dict(), ensure_ascii=False) + "\n")
-        tmp.replace(path)
         return len(stored)
 
 

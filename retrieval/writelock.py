@@ -15,6 +15,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from lte import files
 from lte.errors import LTEError
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ class DeleteJournal:
         if self.path is None:
             yield
             return
-        self.path.write_text(edit_id + "\n", encoding="utf-8")
+        files.write_text(self.path, edit_id + "\n")
         yield
         self.path.unlink(missing_ok=True)
 

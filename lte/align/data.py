@@ -32,7 +32,7 @@ from pathlib import Path
 from lte_data import data_lines
 from tqdm.auto import tqdm
 
-from lte import prompting
+from lte import files, prompting
 from lte.datasets import load_cases
 from lte.models import LoadedModel
 from lte.schema import EditCase
@@ -221,8 +221,10 @@ def alignment_cases(cfg: AlignDataConfig, data_files: Sequence[str | Path] = (),
 def write_rows(rows: list[dict], path: Path) -> str:
     """Write JSONL atomically; returns the content hash recorded in the model's manifest."""
     text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    files.write_text(path, text)
+    return content_hash(text)
+
+
+def content_hash(text: str) -> str:
+    """The alignment set's identity: the first 16 hex digits of its text's sha256."""
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -14,12 +14,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lte import prompting
+from lte import files, prompting
 from lte.align.data import (
     AlignDataConfig,
     alignment_cases,
     build_rows,
     by_source,
+    content_hash,
     write_rows,
 )
 from lte.models import MANIFEST, LoadedModel
@@ -95,12 +96,12 @@ def alignment_rows(loaded: LoadedModel, cfg: AlignConfig, out: Path, progress: b
     """The training rows and their hash: read back when OUT already has them (a resumed run trains on exactly
     the data its checkpoints were trained on), else built and written."""
     data_file = out / "alignment.jsonl"
-    if data_file.is_file():
-        rows = [json.loads(line) for line in data_file.read_text().splitlines()]
-        return rows, json.loads((out / "alignment.meta.json").read_text())["hash"]
+    if data_file.is_file():  # written whole or not at all (lte.files); its hash is that of its text
+        text = data_file.read_text(encoding="utf-8")
+        return [json.loads(line) for line in text.splitlines()], content_hash(text)
     rows = build_rows(loaded, cfg.data, cfg.data_files, progress)
     data_hash = write_rows(rows, data_file)
-    (out / "alignment.meta.json").write_text(json.dumps({"hash": data_hash, "rows": len(rows)}))
+    files.write_json(out / "alignment.meta.json", {"hash": data_hash, "rows": len(rows)})
     return rows, data_hash
 
 
@@ -209,7 +210,7 @@ def _save(trainer, loaded: LoadedModel, cfg: AlignConfig, out: Path, data_hash: 
                            if k not in ("out", "data_files", "data", "scope_data")},
                 "data_config": asdict(cfg.data)}
     # The manifest is written last: a directory with one holds a finished model.
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    files.write_json(out / MANIFEST, manifest, indent=2)
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
 
 

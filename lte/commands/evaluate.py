@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 import time
 from pathlib import Path
 
+from lte import files
 from lte.catalog import KNOWN, dataset_path
 from lte.config import changed_options, parse_pairs
 from lte.datasets import load_cases, load_edits
@@ -72,7 +72,5 @@ def run(args, settings) -> int:
                   options=changed_options(options))
     print(format_table(report))
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2))
+        files.write_json(Path(args.out), report, indent=2)
     return 0
