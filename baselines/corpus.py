@@ -11,6 +11,7 @@ from pathlib import Path
 from lte_data import data_lines, data_path
 
 from lte import files, prompting
+from lte.errors import need
 from lte.models import LoadedModel
 from lte.scoring import ModelRunner
 
@@ -38,7 +39,7 @@ def _source_texts(sources: Sequence[str]) -> Iterator[str]:
                 if paragraph.strip():
                     yield paragraph.strip()
             continue
-        import datasets  # a hub dataset with a 'text' column, e.g. 'wikitext:wikitext-103-raw-v1'
+        datasets = need("datasets", f"the corpus {source}")  # a hub dataset with a 'text' column
 
         name, _, config = source.partition(":")
         rows = datasets.load_dataset(name, config or None, split="train", streaming=True)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lte.errors import InputFileError, SchemaError
+from lte.errors import InputFileError, SchemaError, need
 from lte.schema import Edit, EditCase, Probe, flatten_answers
 
 Record = Mapping[str, Any]
@@ -298,10 +298,7 @@ def located_edits(source: str | Path) -> list[tuple[Edit, str]]:
 
 
 def _hub_records(name: str, split: str) -> list[SourcedRecord]:
-    try:
-        import datasets
-    except ImportError as error:  # pragma: no cover - datasets is a dependency
-        raise InputFileError(f"{name}: no such file, and the datasets package is missing") from error
+    datasets = need("datasets", f"{name}: no such file; reading it from the hub")
     try:
         rows = datasets.load_dataset(name, split=split)
     except Exception as error:  # the hub raises many types; all mean "not loadable here"

@@ -43,3 +43,22 @@ class EditorUnavailableError(LTEError):
 
 class CheckpointError(EditorUnavailableError, FileNotFoundError):
     """A learned editor's checkpoint is missing or was trained for another model; the message says how to train."""
+
+
+class MissingExtraError(LTEError, ImportError):
+    """A command that needs an optional part of lte that is not installed (`pip install 'lte[train]'`)."""
+
+
+EXTRAS = {"trl": "train", "datasets": "train", "matplotlib": "bench"}  # module → the extra that installs it
+
+
+def need(module: str, what: str):
+    """Import an optional dependency, or say which extra installs it: serving needs none of them."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        extra = EXTRAS.get(module.split(".")[0], "train")
+        raise MissingExtraError(f"{what} needs {module}, which a plain install leaves out: "
+                                f"pip install 'lte[{extra}]'") from None

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from lte import files
+from lte.errors import need
 from lte.grid import BenchConfig
 from lte.registry import editor_names
 from lte.schema import FACETS
@@ -109,8 +110,7 @@ def batch_table(results: dict[str, dict]) -> str:
 def plot(results: dict[str, dict], out: Path) -> list[Path]:
     """Per dataset: gen_acc per facet per editor at each n two or more editors were run at (editors are only
     compared at equal n), and reliability against n."""
-    import matplotlib
-
+    matplotlib = need("matplotlib", "lte bench's plots")
     matplotlib.use("Agg")
     done = [r for r in results.values() if "metrics" in r]
     paths = []

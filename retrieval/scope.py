@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from lte import files
-from lte.errors import InputFileError
+from lte.errors import InputFileError, need
 from retrieval.embedder import resolve_embedder
 from retrieval.scope_data import ScopePair, mix
 
@@ -125,6 +125,7 @@ def train_scope(pairs: Sequence[ScopePair], out: str | Path, cfg: ScopeConfig | 
     """Train a scope model on `pairs` and write it to `out` (whole or not at all: it is built in a sibling folder and
     moved into place). start_from: an existing scope model to fine-tune (`lte edit calibrate`), else cfg.base."""
     cfg = cfg or ScopeConfig()
+    need("datasets", "training the scope model")
     if not pairs:
         raise InputFileError("lte: no training pairs for the scope model")
     out = Path(out).expanduser()

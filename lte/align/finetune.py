@@ -23,6 +23,7 @@ from lte.align.data import (
     content_hash,
     write_rows,
 )
+from lte.errors import need
 from lte.models import MANIFEST, LoadedModel
 from lte.scoring import target_ids
 from retrieval.scope import ScopeConfig
@@ -73,6 +74,7 @@ def align(loaded: LoadedModel, cfg: AlignConfig, progress: bool = True) -> Path:
     manifest."""
     from accelerate import PartialState
 
+    need("trl", "lte align"), need("datasets", "lte align")  # before minutes of data building
     out = Path(cfg.out)
     state = PartialState()
     with state.main_process_first():
