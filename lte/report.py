@@ -3,6 +3,7 @@ RESULTS.md with where every figure came from."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shlex
@@ -211,25 +212,86 @@ def placements(results: dict[str, dict]) -> str:
     return ", ".join(f"{where} ({n} cells)" for where, n in sorted(counts.items())) or "no cells"
 
 
+HEADLINE = ("counterfact", 100)  # the comparison at equal n every editor that edits in batches was run at
+
+
+def headline_table(results: dict[str, dict], dataset: str = HEADLINE[0], n: int = HEADLINE[1]) -> str:
+    """LTE against the parameter editors on the same `n` cases, all scored: every batch and sequential-batch
+    cell run with the editor's current defaults, ranked by the average of reliability, generalization and
+    locality (gen_acc), with fluency and the time per edit."""
+    rows = [r for r in results.values() if r.get("dataset") == dataset and r.get("n_cases") == n
+            and "metrics" in r and r["mode"] in ("batch", "sequential-batch")
+            and r.get("scored_cases", n) == n and at_defaults(r)]
+    if not rows:
+        return ""
+    lines = ["| editor | edits applied as | reliability | generalization | locality | average | fluency "
+             "| s per edit |", "|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: -study_average(r)):
+        values = [r["metrics"][f]["gen_acc"] for f in STUDY_FACETS]
+        calls = "one call" if r["mode"] == "batch" else f"{r['n_cases'] // r['edit_batch']} calls of {r['edit_batch']}"
+        lines.append(f"| {r['editor']} | {calls} | " + " | ".join(f"{v:.2f}" for v in values)
+                     + f" | {study_average(r):.2f} | {r['metrics']['fluency']['ngram_entropy']:.2f} "
+                     f"| {r['timing']['edit_s']:.3f} |")
+    return "\n".join(lines)
+
+
+def study_average(r: dict) -> float:
+    return sum(r["metrics"][f]["gen_acc"] for f in STUDY_FACETS) / len(STUDY_FACETS)
+
+
+def at_defaults(r: dict) -> bool:
+    """Whether a cell's recorded options are its editor's current defaults (a sweep's cells are not)."""
+    from lte.config import changed_options
+    from lte.registry import editor_config
+
+    options = r.get("options") or {}
+    try:
+        return not options or not changed_options(editor_config(r["editor"], options))
+    except Exception:  # an option the editor no longer has: not its defaults
+        return False
+
+
+def portable(text: str, settings: Settings | None = None) -> str:
+    """`text` with this machine's locations written as the variables that locate them ($LTE_HOME, $LTE_DATASETS,
+    <site-packages>, ~), so reports read the same on every machine."""
+    import site
+
+    places = [(str(settings.home), "$LTE_HOME")] if settings else []
+    if settings and settings.datasets_dir:
+        places.append((str(Path(settings.datasets_dir).resolve()), "$LTE_DATASETS"))
+    places += [(p, "<site-packages>") for p in site.getsitepackages()] + [(str(Path.home()), "~")]
+    for place, name in sorted(places, key=lambda pair: -len(pair[0])):
+        if place not in ("", "/"):
+            text = text.replace(place, name)
+    return text
+
+
 def write_reports(results: dict[str, dict], cfg: BenchConfig, settings: Settings, command: Sequence[str],
                   notes: str = "", results_md: Path | None = None) -> None:
-    files.write_json(cfg.out / "results.json", results)
+    """results.json and results.md in the bench folder; RESULTS.md: the headline, the reading (`notes`), every
+    table, the plots, then where the cells came from."""
+    files.write_text(cfg.out / "results.json", portable(json.dumps(results, indent=1), settings))
     study = batch_table(results)
-    tables = (f"## Quality (gen_acc / token_acc, prob_win in brackets)\n\n{quality_table(results)}\n\n"
-              + (f"## Edit batch size (gen_acc)\n\n{study}\n\n" if study else "")
-              + f"## Speed\n\n{speed_table(results)}\n")
+    tables = (f"### Quality (gen_acc / token_acc, prob_win in brackets)\n\n{quality_table(results)}\n\n"
+              + (f"### Edit batch size (gen_acc)\n\n{study}\n\n" if study else "")
+              + f"### Speed\n\n{speed_table(results)}\n")
     files.write_text(cfg.out / "results.md", tables)
     plots = plot(results, cfg.out)
-    header = (f"# Results\n\n{provenance(results, shlex.join(command))}\n\n"
-              f"- model: `{settings.model}` (for `lte`; the other editors use its base model)\n"
-              f"- report written on: {platform.machine()}, {platform.processor() or 'cpu'}, {_cpu_count()} cores, "
-              f"Python {platform.python_version()}\n"
-              f"- models ran on: {placements(results)}\n"
-              f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}\n\n")
     target = results_md or cfg.out / "RESULTS.md"
     figures = "".join(f"![{p.stem}]({os.path.relpath(p, target.parent)})\n" for p in plots)
-    files.write_text(target, header + (f"## Reading\n\n{notes.strip()}\n\n" if notes.strip() else "") + tables
-                      + ("\n## Plots\n\n" + figures if plots else ""))
+    headline = headline_table(results)
+    text = ("# Results\n\n"
+            + (f"## Headline: {HEADLINE[0]}, {HEADLINE[1]} edits, every editor at equal n\n\n{headline}\n\n"
+               if headline else "")
+            + (f"{notes.strip()}\n\n" if notes.strip() else "")
+            + f"## Every cell\n\n{tables}" + ("\n## Plots\n\n" + figures if plots else "")
+            + f"\n## Provenance\n\n{provenance(results, shlex.join(command))}\n\n"
+            f"- model: `{settings.model}` (for `lte`; the other editors use its base model)\n"
+            f"- report written on: {platform.machine()}, {platform.processor() or 'cpu'}, {_cpu_count()} cores, "
+            f"Python {platform.python_version()}\n"
+            f"- models ran on: {placements(results)}\n"
+            f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}\n")
+    files.write_text(target, portable(text, settings))
 
 
 def provenance(results: dict[str, dict], command: str) -> str:
