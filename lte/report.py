@@ -282,7 +282,9 @@ def write_reports(results: dict[str, dict], cfg: BenchConfig, settings: Settings
     headline = headline_table(results)
     text = ("# Results\n\n"
             + (f"## Headline: {HEADLINE[0]}, {HEADLINE[1]} edits, every editor at equal n\n\n{headline}\n\n"
-               if headline else "")
+               "gen_acc, every case scored; the average is that of reliability, generalization and locality; "
+               "each row is a cell of the tables below (its command under Provenance), run with the editor's "
+               "defaults.\n\n" if headline else "")
             + (f"{notes.strip()}\n\n" if notes.strip() else "")
             + f"## Every cell\n\n{tables}" + ("\n## Plots\n\n" + figures if plots else "")
             + f"\n## Provenance\n\n{provenance(results, shlex.join(command))}\n\n"
