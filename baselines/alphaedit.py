@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from baselines.locate import LocateConfig, LocateEditor, layer_keys
-from lte.schema import Edit
+from lte.core.schema import Edit
 
 
 @dataclass

@@ -32,8 +32,8 @@ import torch
 from baselines.common import ForwardInputs, mlp_projection
 from baselines.locate import BatchLog, run_rows
 from baselines.memit import MEMITConfig, MEMITEditor, memit_solve
-from lte import prompting
-from lte.schema import Edit
+from lte.core import prompting
+from lte.core.schema import Edit
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from torch import nn
 from torch.func import functional_call
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from lte import prompting
-from lte.errors import EditorUnavailableError, InputError
-from lte.scoring import kept_logits, target_ids
+from lte.core import prompting
+from lte.core.errors import EditorUnavailableError, InputError
+from lte.core.scoring import kept_logits, target_ids
 
 
 def decoder_layers(model: PreTrainedModel) -> nn.ModuleList:

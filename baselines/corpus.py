@@ -10,10 +10,10 @@ from pathlib import Path
 
 from lte_data import data_lines, data_path
 
-from lte import files, prompting
-from lte.errors import need
-from lte.models import LoadedModel
-from lte.scoring import ModelRunner
+from lte.core import files, prompting
+from lte.core.errors import need
+from lte.core.models import LoadedModel
+from lte.core.scoring import ModelRunner
 
 
 def corpus_texts(loaded: LoadedModel, sources: Sequence[str], tokens: int, seed: int = 0,

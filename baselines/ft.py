@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 import torch
 
 from baselines.common import WeightBackup, decoder_layers, frozen_parameters, mlp_projection, target_nll
-from lte.editor import ModelEditor
-from lte.errors import ConfigError
-from lte.models import LoadedModel
-from lte.schema import Edit
-from lte.settings import Settings
+from lte.core.editor import ModelEditor
+from lte.core.errors import ConfigError
+from lte.core.models import LoadedModel
+from lte.core.schema import Edit
+from lte.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -32,13 +32,13 @@ from baselines.common import (
     prefix_cached_batch,
     rendered,
 )
-from lte import files
-from lte.editor import ModelEditor
-from lte.errors import ConfigError
-from lte.models import LoadedModel
-from lte.schema import Edit
-from lte.scoring import target_ids
-from lte.settings import Settings
+from lte.core import files
+from lte.core.editor import ModelEditor
+from lte.core.errors import ConfigError
+from lte.core.models import LoadedModel
+from lte.core.schema import Edit
+from lte.core.scoring import target_ids
+from lte.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ from torch import nn
 
 from baselines.common import frozen_parameters, target_nll
 from baselines.learned import LearnedEditor, LearnedMethod, projection_weights
-from lte.editor import Query
-from lte.models import LoadedModel
-from lte.schema import Edit
+from lte.core.editor import Query
+from lte.core.models import LoadedModel
+from lte.core.schema import Edit
 
 
 @dataclass

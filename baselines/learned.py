@@ -16,12 +16,12 @@ import torch
 from torch import nn
 
 from baselines.common import WeightBackup, decoder_layers, mlp_projection
-from lte import files
-from lte.editor import ModelEditor
-from lte.errors import CheckpointError, EditorUnavailableError
-from lte.models import LoadedModel
-from lte.schema import Edit
-from lte.settings import Settings
+from lte.core import files
+from lte.core.editor import ModelEditor
+from lte.core.errors import CheckpointError, EditorUnavailableError
+from lte.core.models import LoadedModel
+from lte.core.schema import Edit
+from lte.core.settings import Settings
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ For a batch of n edits and edited layers l₁ … l_R (the last one, l_R, holds 
 3. spread     the remaining residual Z − h (h read again on the current weights) is shared out evenly over the
               layers still to edit: (Z − h) / (layers left);
 4. solve   ΔW — the method's closed form from K, the residual and the layer's statistics; W += ΔW (float64 solve).
-Prompts are rendered by `lte.prompting`, as every editor's are; prefixes and covariances come from
+Prompts are rendered by `lte.core.prompting`, as every editor's are; prefixes and covariances come from
 `baselines.statistics`, shared with ROME.
 """
 
@@ -36,12 +36,12 @@ from baselines.common import (
     subject_last_token,
 )
 from baselines.statistics import capture_inputs, contexts, layer_covariances, sample_prefixes
-from lte import files, prompting
-from lte.editor import ModelEditor
-from lte.errors import ConfigError
-from lte.models import LoadedModel
-from lte.schema import Edit
-from lte.settings import Settings
+from lte.core import files, prompting
+from lte.core.editor import ModelEditor
+from lte.core.errors import ConfigError
+from lte.core.models import LoadedModel
+from lte.core.schema import Edit
+from lte.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

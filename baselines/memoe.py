@@ -34,13 +34,13 @@ from torch import nn
 from baselines.common import ForwardInputs, decoder_layers, frozen_parameters, mlp_projection, target_nll
 from baselines.locate import run_rows
 from baselines.statistics import sample_prefixes
-from lte import prompting
-from lte.editor import ModelEditor
-from lte.errors import ConfigError
-from lte.models import LoadedModel
-from lte.schema import Edit
-from lte.scoring import kept_logits
-from lte.settings import Settings
+from lte.core import prompting
+from lte.core.editor import ModelEditor
+from lte.core.errors import ConfigError
+from lte.core.models import LoadedModel
+from lte.core.schema import Edit
+from lte.core.scoring import kept_logits
+from lte.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from torch import nn
 
 from baselines.common import gradient_factors
 from baselines.learned import LearnedEditor, LearnedMethod, projection_weights
-from lte.models import LoadedModel
-from lte.schema import Edit
+from lte.core.models import LoadedModel
+from lte.core.schema import Edit
 
 
 @dataclass

@@ -7,7 +7,7 @@ One edit rewrites the MLP output projection of one layer so that the subject's k
               target (with a KL term keeping "{subject} is a" predictions, weight decay and a norm clamp);
 3. update W += δ ⊗ C⁻¹k* / (k*ᵀC⁻¹k*), with C = E[kkᵀ] estimated on real text. The same averaged key is used in
               numerator and denominator (the stable variant), so W k* moves by exactly δ.
-Prompts are rendered by `lte.prompting`, the same text every editor is scored on.
+Prompts are rendered by `lte.core.prompting`, the same text every editor is scored on.
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ from baselines.common import (
     subject_last_token,
 )
 from baselines.statistics import capture_inputs, contexts, layer_covariances, regularised, sample_prefixes
-from lte import prompting
-from lte.editor import ModelEditor
-from lte.errors import ConfigError
-from lte.models import LoadedModel
-from lte.schema import Edit
-from lte.settings import Settings
+from lte.core import prompting
+from lte.core.editor import ModelEditor
+from lte.core.errors import ConfigError
+from lte.core.models import LoadedModel
+from lte.core.schema import Edit
+from lte.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ import torch
 
 from baselines.common import mlp_projection
 from baselines.corpus import corpus_texts
-from lte import files
-from lte.models import LoadedModel
-from lte.schema import Edit
+from lte.core import files
+from lte.core.models import LoadedModel
+from lte.core.schema import Edit
 
 log = logging.getLogger(__name__)
 

@@ -24,10 +24,10 @@ from tqdm.auto import tqdm
 
 from baselines.common import batch_logits, pair_batch, target_batch, target_nll
 from baselines.learned import Checkpoint, LearnedMethod
-from lte import files
-from lte.editor import Query, UneditedEditor
-from lte.models import LoadedModel
-from lte.schema import EditCase
+from lte.core import files
+from lte.core.editor import Query, UneditedEditor
+from lte.core.models import LoadedModel
+from lte.core.schema import EditCase
 
 
 @dataclass

@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 
 from baselines.coachhook import CoachHooKEditor
-from lte.datasets import load_cases
-from lte.models import load_model
+from lte.core.datasets import load_cases
+from lte.core.models import load_model
+from lte.core.settings import Settings
 from lte.registry import editor_config
-from lte.settings import Settings
 
 OTHER_RELATIONS = ["{} was born in", "The official language of {} is", "{} is a member of"]
 UNRELATED_SUBJECTS = ["Paris", "Tom Hanks", "Google"]

@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from lte.schema import FACETS
+from lte.core.schema import FACETS
 
 
 def load(out: Path, n: int | None) -> dict[str, dict]:

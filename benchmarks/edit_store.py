@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lte.catalog import shared_file
-from lte.datasets import load_cases
-from lte.schema import Edit
-from lte.settings import Settings
+from lte.core.catalog import shared_file
+from lte.core.datasets import load_cases
+from lte.core.schema import Edit
+from lte.core.settings import Settings
 from retrieval.embedder import Embedder
 from retrieval.scope import ScopeModel
 from retrieval.store import EditStore, key_texts, open_client

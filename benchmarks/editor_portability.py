@@ -13,9 +13,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the contract's options live in tests/
 
-from lte.models import load_model  # noqa: E402
+from lte.core.models import load_model  # noqa: E402
+from lte.core.settings import Settings  # noqa: E402
 from lte.registry import build_editor, editor_config  # noqa: E402
-from lte.settings import Settings  # noqa: E402
 from tests.test_editor_contract import EDITS, TINY_OPTIONS, edit_queries  # noqa: E402
 
 

@@ -18,9 +18,9 @@ import argparse
 import uuid
 from pathlib import Path
 
-from lte.catalog import dataset_path
-from lte.datasets import load_cases
-from lte.settings import Settings
+from lte.core.catalog import dataset_path
+from lte.core.datasets import load_cases
+from lte.core.settings import Settings
 from retrieval.embedder import Embedder
 from retrieval.gate import UNFITTED, Gate
 from retrieval.scope import META_FILE, ScopeModel

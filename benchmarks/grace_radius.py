@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 
 from baselines.grace import GRACEConfig, GRACEEditor, calibrate_radius
-from lte.models import load_model
-from lte.settings import Settings
+from lte.core.models import load_model
+from lte.core.settings import Settings
 
 
 def main() -> None:

@@ -35,10 +35,10 @@ from baselines.knowledge_editor import (
 from baselines.rome import ROMEConfig, covariance
 from baselines.statistics import regularised
 from baselines.training import answer_logprobs, base_answers
-from lte.datasets import load_cases
-from lte.editor import UneditedEditor
-from lte.models import load_model
-from lte.settings import Settings
+from lte.core.datasets import load_cases
+from lte.core.editor import UneditedEditor
+from lte.core.models import load_model
+from lte.core.settings import Settings
 
 STEPS = [10.0 ** (e / 2) for e in range(-10, 1)]  # ‖ΔW‖ / ‖W‖ from 1e-5 to 1
 

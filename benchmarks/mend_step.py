@@ -19,10 +19,10 @@ import torch
 from baselines.common import batch_logits, gradient_factors, pair_batch
 from baselines.mend import MENDConfig, build_network, edited_parameters
 from baselines.training import answer_logprobs, base_answers
-from lte.datasets import load_cases
-from lte.editor import UneditedEditor
-from lte.models import load_model
-from lte.settings import Settings
+from lte.core.datasets import load_cases
+from lte.core.editor import UneditedEditor
+from lte.core.models import load_model
+from lte.core.settings import Settings
 
 
 def main() -> None:

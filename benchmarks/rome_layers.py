@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lte.catalog import shared_file
-from lte.grid import BenchConfig, grid, run_bench
-from lte.settings import Settings
+from lte.bench.grid import BenchConfig, grid, run_bench
+from lte.core.catalog import shared_file
+from lte.core.settings import Settings
 
 TRAIN = "counterfact_easyedit/counterfact-train.json"
 

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import argparse
 
-from lte import prompting
-from lte.catalog import dataset_path
-from lte.datasets import load_cases
-from lte.metrics import contains_answer, normalize
-from lte.models import load_base, load_model
-from lte.scoring import ModelRunner
-from lte.settings import Settings
-from lte.tables import SAME_SUBJECT_KINDS
+from lte.core import prompting
+from lte.core.catalog import dataset_path
+from lte.core.datasets import load_cases
+from lte.core.metrics import contains_answer, normalize
+from lte.core.models import load_base, load_model
+from lte.core.scoring import ModelRunner
+from lte.core.settings import Settings
+from lte.core.tables import SAME_SUBJECT_KINDS
 
 
 def same_subject_probes(cases) -> list[tuple[str, str, str]]:

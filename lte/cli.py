@@ -1,7 +1,7 @@
 """The `lte` command line. Global options (--model, --store, --home, ...) come before the subcommand and are also
 read from LTE_MODEL, LTE_STORE, LTE_HOME, so every subcommand sees the same model and store.
 
-Errors the user can fix (`lte.errors.LTEError`) print one line and exit 2; anything else is a bug and keeps its
+Errors the user can fix (`lte.core.errors.LTEError`) print one line and exit 2; anything else is a bug and keeps its
 traceback. `--debug` prints the traceback of user errors too."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import logging
 import sys
 import traceback
 
-from lte.errors import LTEError
-from lte.settings import DEFAULT_MODEL, Settings
+from lte.core.errors import LTEError
+from lte.core.settings import DEFAULT_MODEL, Settings
 
 EPILOG = """examples:
   lte ask "Where is the Space Needle?"

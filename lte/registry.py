@@ -14,11 +14,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from lte.config import build_config
-from lte.editor import Editor
-from lte.errors import ConfigError
-from lte.models import LoadedModel, load_base, load_model
-from lte.settings import Settings
+from lte.core.config import build_config
+from lte.core.editor import Editor
+from lte.core.errors import ConfigError
+from lte.core.models import LoadedModel, load_base, load_model
+from lte.core.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -27,23 +27,36 @@ class EditorSpec:
     target: str  # "module:Class" of the Editor subclass
     # Which model the editor answers with: the one named by --model, or the base model it was aligned from.
     uses_base_model: bool = False
+    # For a method that must learn before it edits: "module:LearnedMethod" (`lte train NAME`) and its paper.
+    learned: str | None = None
+    paper: str = ""
 
     def editor_class(self) -> type[Editor]:
-        module, _, name = self.target.partition(":")
-        return getattr(importlib.import_module(module), name)
+        return _resolve(self.target)
+
+    def learned_method(self):
+        return _resolve(self.learned)
+
+
+def _resolve(target: str):
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 EDITORS: dict[str, EditorSpec] = {
-    "none": EditorSpec("the unedited base model", "lte.editor:UneditedEditor", uses_base_model=True),
-    "context": EditorSpec("oracle: the gold edit written into the prompt", "lte.editor:OracleContextEditor",
+    "none": EditorSpec("the unedited base model", "lte.core.editor:UneditedEditor", uses_base_model=True),
+    "context": EditorSpec("oracle: the gold edit written into the prompt", "lte.core.editor:OracleContextEditor",
                           uses_base_model=True),
-    "lte": EditorSpec("LTE: retrieved edits in the prompt of the aligned model (--model)", "lte.lte_editor:LTEEditor"),
-    "lte-unaligned": EditorSpec("LTE retrieval with the base model (ablation)", "lte.lte_editor:LTEEditor",
+    "lte": EditorSpec("LTE: retrieved edits in the prompt of the aligned model (--model)",
+                      "lte.method.editor:LTEEditor"),
+    "lte-unaligned": EditorSpec("LTE retrieval with the base model (ablation)", "lte.method.editor:LTEEditor",
                                 uses_base_model=True),
     "rome": EditorSpec("ROME: rank-one update of one MLP", "baselines.rome:ROMEEditor", uses_base_model=True),
     "grace": EditorSpec("GRACE: key-value codebook at one layer", "baselines.grace:GRACEEditor", uses_base_model=True),
     "ke": EditorSpec("KnowledgeEditor: trained hypernetwork weight update",
-                     "baselines.knowledge_editor:KnowledgeEditor", uses_base_model=True),
+                     "baselines.knowledge_editor:KnowledgeEditor", uses_base_model=True,
+                     learned="baselines.knowledge_editor:KE",
+                     paper="KnowledgeEditor hypernetwork (De Cao et al., 2021)"),
     "memit": EditorSpec("MEMIT: batched least-squares update of several MLPs", "baselines.memit:MEMITEditor",
                         uses_base_model=True),
     "emmet": EditorSpec("EMMET: batched equality-constrained update (batched ROME)", "baselines.emmet:EMMETEditor",
@@ -57,12 +70,19 @@ EDITORS: dict[str, EditorSpec] = {
     "ft": EditorSpec("FT-L: fine-tuning of MLP weights on the edit, each weight within ±ε of its original",
                      "baselines.ft:FTEditor", uses_base_model=True),
     "mend": EditorSpec("MEND: trained network that edits through the gradient's rank-one factors",
-                       "baselines.mend:MENDEditor", uses_base_model=True),
+                       "baselines.mend:MENDEditor", uses_base_model=True,
+                       learned="baselines.mend:MEND",
+                       paper="MEND gradient-factor editor network (Mitchell et al., 2022)"),
 }
 
 
 def editor_names() -> list[str]:
     return list(EDITORS)
+
+
+def learned_editors() -> dict[str, EditorSpec]:
+    """The editors `lte train` trains, by name."""
+    return {name: spec for name, spec in EDITORS.items() if spec.learned}
 
 
 def spec_for(name: str) -> EditorSpec:

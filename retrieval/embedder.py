@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lte.errors import ModelNotFoundError
-from lte.settings import DEFAULT_EMBEDDER
+from lte.core.errors import ModelNotFoundError
+from lte.core.settings import DEFAULT_EMBEDDER
 
 _DEFAULT_ALIASES = {DEFAULT_EMBEDDER, "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2", "default"}
 

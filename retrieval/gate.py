@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lte import files
-from lte.schema import Edit, EditCase
+from lte.core import files
+from lte.core.schema import Edit, EditCase
 
 FEATURES = ("cosine", "subject", "relation")
 MASK = "_"

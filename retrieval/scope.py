@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lte import files
-from lte.errors import InputFileError, need
+from lte.core import files
+from lte.core.errors import InputFileError, need
 from retrieval.embedder import resolve_embedder
 from retrieval.scope_data import ScopePair, mix
 

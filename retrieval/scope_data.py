@@ -36,9 +36,9 @@ from functools import cache
 
 from lte_data import data_path
 
-from lte.datasets import load_cases
-from lte.schema import EditCase, relation_template
-from lte.tables import SAME_SUBJECT_KINDS, table_cases
+from lte.core.datasets import load_cases
+from lte.core.schema import EditCase, relation_template
+from lte.core.tables import SAME_SUBJECT_KINDS, table_cases
 
 POSITIVE_KINDS = ("prompt", "paraphrase", "relation_noun", "multi_hop", "dependent", "alias")
 NEGATIVE_KINDS = ("other_relation", "other_subject", "similar_subject", "unrelated")

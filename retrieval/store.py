@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from lte import files
-from lte.errors import InputError, NotFoundError
-from lte.schema import Edit, EditCase, nfc
+from lte.core import files
+from lte.core.errors import InputError, NotFoundError
+from lte.core.schema import Edit, EditCase, nfc
 from retrieval import gate as gates
 from retrieval.embedder import Embedder
 from retrieval.gate import UNFITTED, Gate

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from lte import files
-from lte.errors import LTEError
+from lte.core import files
+from lte.core.errors import LTEError
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lte.settings import Settings
+from lte.core.settings import Settings
 
 # The public datasets, where `lte` itself looks for them (LTE_DATASETS, else shared/datasets beside the checkout).
 SHARED = Settings.from_env().datasets_dir
@@ -34,7 +34,7 @@ def isolated_home(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="session")
 def tiny():
-    from lte.models import load_model
+    from lte.core.models import load_model
 
     return load_model("tiny-random")
 
@@ -47,7 +47,7 @@ def ke_trained(tiny, tmp_path_factory):
 
     from baselines.knowledge_editor import KE, KEConfig
     from baselines.training import TrainConfig, train_learned
-    from lte.tables import table_cases
+    from lte.core.tables import table_cases
 
     cases = table_cases(120, random.Random(1))
     path = tmp_path_factory.mktemp("ke") / "ke.pt"
@@ -64,7 +64,7 @@ def mend_trained(tiny, tmp_path_factory):
 
     from baselines.mend import MEND, MENDConfig
     from baselines.training import TrainConfig, train_learned
-    from lte.tables import table_cases
+    from lte.core.tables import table_cases
 
     cases = table_cases(120, random.Random(2))
     path = tmp_path_factory.mktemp("mend") / "mend.pt"
@@ -97,7 +97,7 @@ def running_server(editor, port: int | None = None, generation=None, **config):
     import httpx
     import uvicorn
 
-    from lte.server import ServerConfig, Service, create_app
+    from lte.serving.server import ServerConfig, Service, create_app
 
     port = port or free_port()
     cfg = ServerConfig(port=port, default_tokens=8, **config)

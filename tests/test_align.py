@@ -3,12 +3,12 @@ import random
 
 import pytest
 
-from lte import prompting
-from lte.align import finetune
-from lte.align.data import AlignDataConfig, build_rows, whole_sentences
-from lte.align.finetune import AlignConfig, align, training_precision
-from lte.models import MANIFEST, load_model
-from lte.tables import table_cases
+from lte.core import prompting
+from lte.core.models import MANIFEST, load_model
+from lte.core.tables import table_cases
+from lte.method.align import finetune
+from lte.method.align.data import AlignDataConfig, build_rows, whole_sentences
+from lte.method.align.finetune import AlignConfig, align, training_precision
 from retrieval.scope import ScopeConfig, ScopeModel
 from retrieval.scope_data import ScopeDataConfig
 
@@ -36,7 +36,7 @@ def test_rows_are_reproducible_with_a_seed(tiny):
 
 
 def test_out_of_scope_answers_are_the_base_models_own_without_facts(tiny, monkeypatch):
-    from lte.scoring import ModelRunner
+    from lte.core.scoring import ModelRunner
 
     seen = []
 
@@ -138,8 +138,8 @@ def test_align_runs_under_accelerate_launch(tmp_path):
 def test_a_model_without_chat_template_trains_on_the_tokens_it_is_prompted_with():
     """Template-less models (Gemma's GGUF) are prompted in `render`'s plain format, BOS first; alignment trains on
     those very tokens followed by the answer's, as scoring tokenizes them, and EOS."""
-    from lte.align.finetune import training_example
-    from lte.scoring import target_ids
+    from lte.core.scoring import target_ids
+    from lte.method.align.finetune import training_example
     from tests.test_prompting import gemma_shaped_tokenizer
 
     tokenizer = gemma_shaped_tokenizer()

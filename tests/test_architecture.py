@@ -1,7 +1,11 @@
-"""The import rule of README's Architecture section, checked on the source: core ← retrieval, baselines ← application.
+"""The import rule of docs/architecture.md, checked on the source. A module's layer is the folder it lives in:
 
-core: what every layer may use (records, prompts, scoring, the Editor interface, the harness, errors, config).
-retrieval and baselines: core only (and their own package). application: anything; no command imports `lte.cli`.
+    lte/core/                 core: what every layer may use (records, prompts, scoring, the Editor interface, ...)
+    retrieval/, baselines/    core only (and their own folder); neither imports the other
+    lte/method/               LTE itself: core and retrieval
+    lte/ (the rest)           application (serving, bench, commands, the CLI, the registry): anything
+
+No command imports `lte.cli`.
 """
 
 from __future__ import annotations
@@ -12,9 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CORE = {"lte", "lte.errors", "lte.config", "lte.settings", "lte.schema", "lte.datasets", "lte.prompting",
-        "lte.scoring", "lte.metrics", "lte.models", "lte.tiny", "lte.editor", "lte.harness", "lte.catalog",
-        "lte.tables"}
+FOLDERS = {"lte.core": "core", "retrieval": "retrieval", "baselines": "baselines", "lte.method": "method"}
 OURS = ("lte", "retrieval", "baselines")
 
 
@@ -38,13 +40,24 @@ MODULES = modules()
 
 
 def layer(module: str) -> str:
-    if module in CORE:
-        return "core"
-    return module.split(".")[0] if module.split(".")[0] in ("retrieval", "baselines") else "application"
+    """The layer of the folder the module is in (`lte.core.schema` → core); the rest of `lte` is application."""
+    return next((name for folder, name in FOLDERS.items() if module == folder or module.startswith(folder + ".")),
+                "application")
 
 
 ALLOWED = {"core": {"core"}, "retrieval": {"core", "retrieval"}, "baselines": {"core", "baselines"},
-           "application": {"core", "retrieval", "baselines", "application"}}
+           "method": {"core", "retrieval", "method"},
+           "application": {"core", "retrieval", "baselines", "method", "application"}}
+
+
+def test_every_layer_is_a_folder_that_holds_modules():
+    assert {layer(m) for m in MODULES} == set(ALLOWED)
+    assert not [m for m in MODULES if m.startswith("lte.") and m.count(".") == 1 and m not in APPLICATION_TOP
+                and not (ROOT / "lte" / m.split(".")[1]).is_dir()], \
+        "a module directly under lte/ belongs in a layer folder"
+
+
+APPLICATION_TOP = {"lte.cli", "lte.cli_reference", "lte.registry"}  # the entry points; everything else sits in a layer
 
 
 @pytest.mark.parametrize("module", sorted(MODULES))

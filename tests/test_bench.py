@@ -2,10 +2,10 @@ import json
 
 import pytest
 
-import lte.grid as bench
+import lte.bench.grid as bench
 from lte.cli import main
-from lte.errors import CheckpointError
-from lte.settings import Settings
+from lte.core.errors import CheckpointError
+from lte.core.settings import Settings
 
 
 def write_cases(path, n=3):
@@ -117,8 +117,8 @@ def test_editor_options_key_and_label_cells_and_bugs_are_failed_not_skipped(tmp_
 
 
 def test_sequential_batch_cells_are_keyed_by_their_edit_batch(tmp_path):
-    from lte.errors import ConfigError
-    from lte.harness import EvalConfig
+    from lte.core.errors import ConfigError
+    from lte.core.harness import EvalConfig
 
     data = write_cases(tmp_path / "toy.jsonl", n=3)
     out = tmp_path / "b"

@@ -120,9 +120,9 @@ def test_user_errors_are_one_line_unless_debug_and_bugs_keep_their_trace(tmp_pat
 
 
 def test_known_dataset_names_are_read_from_the_datasets_folder(tmp_path, monkeypatch):
-    from lte.catalog import KNOWN, dataset_path
-    from lte.errors import InputError
-    from lte.settings import Settings
+    from lte.core.catalog import KNOWN, dataset_path
+    from lte.core.errors import InputError
+    from lte.core.settings import Settings
 
     monkeypatch.setenv("LTE_DATASETS", str(tmp_path / "data"))
     assert dataset_path("zsre", Settings.from_env()) == ("zsre", tmp_path / "data" / KNOWN["zsre"])
@@ -134,9 +134,9 @@ def test_known_dataset_names_are_read_from_the_datasets_folder(tmp_path, monkeyp
 
 
 def test_training_files_resolve_by_name_file_name_or_path_and_say_where_to_get_them(tmp_path, monkeypatch):
-    from lte.catalog import TRAINING, data_files
-    from lte.errors import InputError
-    from lte.settings import Settings
+    from lte.core.catalog import TRAINING, data_files
+    from lte.core.errors import InputError
+    from lte.core.settings import Settings
 
     folder = tmp_path / "data"
     for relative in TRAINING.values():
@@ -166,9 +166,9 @@ def test_serving_beyond_loopback_without_a_key_is_refused(capsys, monkeypatch):
 def test_the_cli_reference_is_generated_from_the_parsers_and_current():
     from pathlib import Path
 
-    from lte.commands.reference import reference
+    from lte.cli_reference import reference
 
     text = reference()
     assert "## `lte edit calibrate`" in text and "usage: lte align" in text
     current = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
-    assert current == text, "docs/cli.md is stale: python -m lte.commands.reference > docs/cli.md"
+    assert current == text, "docs/cli.md is stale: python -m lte.cli_reference > docs/cli.md"

@@ -10,7 +10,7 @@ from torch import nn
 
 from baselines.coachhook import CoachHooKConfig, CoachHooKEditor, ScopedHook, within_sequence_zscore
 from baselines.common import ForwardInputs
-from lte.schema import Edit
+from lte.core.schema import Edit
 from tests.test_editor_contract import EDITS as CONTRACT_EDITS
 
 TINY = dict(layers=(1, 2), cov_tokens=600, prefixes=2, prefix_tokens=4, v_steps=10)

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from lte.datasets import detect_format, load_cases, load_edits
-from lte.schema import SchemaError
+from lte.core.datasets import detect_format, load_cases, load_edits
+from lte.core.schema import SchemaError
 from tests.conftest import shared_file
 
 # (file, records in SOURCE.md, format)

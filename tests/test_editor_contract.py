@@ -15,12 +15,12 @@ from collections.abc import Sequence
 import pytest
 import torch
 
-from lte.editor import Editor, Query, UneditedEditor
-from lte.harness import MODES, EvalConfig, evaluate
+from lte.core.editor import Editor, Query, UneditedEditor
+from lte.core.harness import MODES, EvalConfig, evaluate
+from lte.core.schema import Edit, EditCase, Probe
+from lte.core.scoring import TargetScore
+from lte.core.settings import Settings
 from lte.registry import build_editor, editor_config, editor_names
-from lte.schema import Edit, EditCase, Probe
-from lte.scoring import TargetScore
-from lte.settings import Settings
 
 # Options that make each editor fast on the tiny model (the defaults are sized for the real one).
 TINY_OPTIONS = {
@@ -128,7 +128,7 @@ def test_stats_are_json_and_only_the_oracle_reads_case_edits(make, name):
 
 @pytest.fixture(scope="module")
 def tiny_bf16():
-    from lte.models import load_model
+    from lte.core.models import load_model
 
     return load_model("tiny-random", dtype="bfloat16")
 

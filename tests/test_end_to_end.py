@@ -11,15 +11,15 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def default_model():
-    from lte.models import load_model
+    from lte.core.models import load_model
 
     return load_model()
 
 
 def test_oracle_context_beats_the_unedited_model_on_counterfact(default_model):
-    from lte.datasets import load_cases
-    from lte.editor import OracleContextEditor, UneditedEditor
-    from lte.harness import EvalConfig, evaluate
+    from lte.core.datasets import load_cases
+    from lte.core.editor import OracleContextEditor, UneditedEditor
+    from lte.core.harness import EvalConfig, evaluate
     from tests.conftest import shared_file
 
     cases = load_cases(shared_file("counterfact_easyedit/counterfact-val.json"), limit=12)
@@ -33,8 +33,8 @@ def test_oracle_context_beats_the_unedited_model_on_counterfact(default_model):
 
 def test_rome_moves_the_default_model_towards_the_new_target(default_model, isolated_home):
     from baselines.rome import ROMEConfig, ROMEEditor
-    from lte.editor import Query
-    from lte.schema import Edit
+    from lte.core.editor import Query
+    from lte.core.schema import Edit
 
     edit = Edit(subject="Danielle Darrieux", prompt="The mother tongue of Danielle Darrieux is",
                 target_new="English", target_true="French")

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from lte import files
+from lte.core import files
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):

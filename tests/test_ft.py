@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from baselines.ft import FTConfig, FTEditor
-from lte.editor import Query
-from lte.errors import ConfigError
-from lte.schema import Edit
+from lte.core.editor import Query
+from lte.core.errors import ConfigError
+from lte.core.schema import Edit
 
 EDITS = [Edit(subject="The Space Needle", prompt="The Space Needle is located in", target_new="Goa"),
          Edit(subject="Danielle Darrieux", prompt="The mother tongue of Danielle Darrieux is", target_new="Japanese")]

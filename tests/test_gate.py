@@ -1,6 +1,6 @@
 import numpy as np
 
-from lte.schema import Edit, EditCase, Probe
+from lte.core.schema import Edit, EditCase, Probe
 from retrieval.gate import (
     UNFITTED,
     Gate,

@@ -11,11 +11,11 @@ import uuid
 import httpx
 import pytest
 
-from lte.editor import UneditedEditor
-from lte.generation import RemoteConfig, RemoteGeneration
-from lte.lte_editor import LTEEditor
-from lte.models import LoadedModel
-from lte.tiny import build_tiny_model
+from lte.core.editor import UneditedEditor
+from lte.core.models import LoadedModel
+from lte.core.tiny import build_tiny_model
+from lte.method.editor import LTEEditor
+from lte.serving.generation import RemoteConfig, RemoteGeneration
 from retrieval.store import EditStore, open_client
 from tests.conftest import free_port, running_server
 
@@ -158,7 +158,7 @@ def test_remote_requests_run_side_by_side_up_to_the_concurrency(tiny, embedder):
             await asyncio.sleep(0.3)
             with lock:
                 seen[0] -= 1
-            from lte.scoring import Completion
+            from lte.core.scoring import Completion
 
             return Completion("ok", 1, 1, "stop")
 

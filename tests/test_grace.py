@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from baselines.grace import Codebook, GRACEConfig, GRACEEditor, update_codebook
-from lte.editor import Query
-from lte.schema import Edit
+from lte.core.editor import Query
+from lte.core.schema import Edit
 
 
 def test_add_expand_split_rules_on_hand_built_keys():

@@ -12,8 +12,8 @@ import uuid
 import pytest
 
 from lte.cli import main
-from lte.errors import SchemaError
-from lte.schema import LIMITS, MAX_PARAPHRASES, Edit
+from lte.core.errors import SchemaError
+from lte.core.schema import LIMITS, MAX_PARAPHRASES, Edit
 
 NEEDLE = {"subject": "The Space Needle", "prompt": "The Space Needle is located in", "target_new": "Goa"}
 
@@ -118,7 +118,7 @@ def test_edit_fields_are_bounded_in_one_place(field, value, message, tmp_path, c
 def test_the_api_applies_the_same_limits(tiny, embedder):
     import httpx
 
-    from lte.lte_editor import LTEEditor
+    from lte.method.editor import LTEEditor
     from retrieval.store import EditStore, open_client
     from tests.conftest import running_server
 
@@ -131,8 +131,8 @@ def test_the_api_applies_the_same_limits(tiny, embedder):
 
 
 def test_an_edit_carrying_instructions_changes_nothing_for_other_subjects(tiny, embedder):
-    from lte.editor import Query
-    from lte.lte_editor import LTEEditor
+    from lte.core.editor import Query
+    from lte.method.editor import LTEEditor
     from retrieval.store import EditStore, open_client
 
     evil = Edit(subject="Zorblax", prompt="Zorblax is located in",
@@ -174,7 +174,7 @@ def test_a_chroma_server_that_goes_away_gives_503_and_comes_back_without_a_resta
 
     import httpx
 
-    from lte.lte_editor import LTEEditor
+    from lte.method.editor import LTEEditor
     from retrieval.store import EditStore
     from tests.conftest import running_server
 

@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from lte.editor import OracleContextEditor, UneditedEditor
-from lte.harness import EvalConfig, evaluate, format_table
-from lte.schema import Edit, EditCase, Probe
+from lte.core.editor import OracleContextEditor, UneditedEditor
+from lte.core.harness import EvalConfig, evaluate, format_table
+from lte.core.schema import Edit, EditCase, Probe
 
 
 def make_cases(n=3):
@@ -34,7 +34,7 @@ def test_report_shape_and_locality_of_the_unedited_model_is_perfect(tiny, mode):
 
 
 def test_oracle_puts_the_gold_edit_in_the_prompt(tiny):
-    from lte.editor import Query
+    from lte.core.editor import Query
 
     case = make_cases(1)[0]
     [text] = OracleContextEditor(tiny).render([Query(case.edit.prompt, case.edits)])
@@ -61,7 +61,7 @@ class ScriptedReference(UneditedEditor):
 
 
 def test_locality_references_without_words_are_dropped():
-    from lte.harness import locality_references
+    from lte.core.harness import locality_references
 
     case = make_cases(1)[0]
     cases = [EditCase.from_edits("0", case.edits, locality=[Probe(f"Prompt {i}") for i in range(4)])]
@@ -134,7 +134,7 @@ def test_report_records_the_models_identity(tiny):
 
 
 def test_model_identity_hashes_the_weights(tmp_path):
-    from lte.models import model_identity
+    from lte.core.models import model_identity
 
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / "model.safetensors").write_bytes(b"weights-a")

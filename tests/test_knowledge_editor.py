@@ -9,7 +9,7 @@ from baselines.knowledge_editor import (
     edit_gradients,
     edited_parameters,
 )
-from lte.tables import table_cases
+from lte.core.tables import table_cases
 
 
 def test_delta_shapes_and_gate(tiny):

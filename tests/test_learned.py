@@ -11,10 +11,10 @@ from baselines.knowledge_editor import KE, KnowledgeEditor
 from baselines.learned import Checkpoint
 from baselines.mend import MEND, MENDEditor
 from baselines.training import TrainConfig, train_learned
-from lte.editor import Query
-from lte.errors import CheckpointError
-from lte.settings import Settings
-from lte.tables import table_cases
+from lte.core.editor import Query
+from lte.core.errors import CheckpointError
+from lte.core.settings import Settings
+from lte.core.tables import table_cases
 
 # method, its editor, the conftest fixture that trains it, the seed of that fixture's cases
 LEARNED = {"ke": (KE, KnowledgeEditor, "ke_trained", 1), "mend": (MEND, MENDEditor, "mend_trained", 2)}

@@ -11,7 +11,7 @@ from baselines.alphaedit import alphaedit_solve, null_space_projector
 from baselines.emmet import emmet_solve
 from baselines.locate import LocateConfig, block_output, chunk_targets, with_block_output
 from baselines.memit import memit_solve
-from lte.schema import Edit
+from lte.core.schema import Edit
 
 
 def problem(f=12, d=6, n=3, seed=0):
@@ -134,10 +134,10 @@ def statistics_home(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["memit", "emmet", "alphaedit"])
 def test_each_solver_raises_the_target_on_the_default_model_and_restores_exactly(name, statistics_home):
-    from lte.editor import Query
-    from lte.models import load_model
+    from lte.core.editor import Query
+    from lte.core.models import load_model
+    from lte.core.settings import Settings
     from lte.registry import build_editor, editor_config
-    from lte.settings import Settings
 
     loaded = load_model("smollm2-135m-instruct")
     options = {"layers": [4, 5], "cov_tokens": 3000, "v_steps": 15}

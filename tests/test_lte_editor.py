@@ -1,9 +1,9 @@
 import uuid
 
-from lte import prompting
-from lte.editor import Query
-from lte.lte_editor import LTEEditor
-from lte.schema import Edit
+from lte.core import prompting
+from lte.core.editor import Query
+from lte.core.schema import Edit
+from lte.method.editor import LTEEditor
 from retrieval.store import EditStore, open_client
 
 NEEDLE = Edit(subject="The Space Needle", prompt="The Space Needle is located in", target_new="Goa")
@@ -40,9 +40,9 @@ def test_answer_reports_the_edits_used(tiny, embedder):
 
 
 def test_questions_without_relevant_edits_go_to_the_unedited_model(tiny, embedder):
-    from lte.editor import UneditedEditor
-    from lte.models import LoadedModel
-    from lte.tiny import build_tiny_model
+    from lte.core.editor import UneditedEditor
+    from lte.core.models import LoadedModel
+    from lte.core.tiny import build_tiny_model
 
     base = LoadedModel(*build_tiny_model(seed=1), spec="base", base_spec="base")
     base.tokenizer.pad_token = base.tokenizer.eos_token
@@ -59,7 +59,7 @@ class ModelEditorLike:
     """The aligned model with a fixed fact block, to compare against the routed editor."""
 
     def __init__(self, loaded, facts):
-        from lte.scoring import ModelRunner
+        from lte.core.scoring import ModelRunner
 
         self.loaded, self.facts, self.runner = loaded, facts, ModelRunner(loaded.model, loaded.tokenizer)
 
@@ -71,8 +71,8 @@ class ModelEditorLike:
 def test_two_hops_bring_the_edit_about_the_first_answer(tiny, embedder):
     import uuid
 
-    from lte.lte_editor import LTEEditor
-    from lte.schema import Edit
+    from lte.core.schema import Edit
+    from lte.method.editor import LTEEditor
     from retrieval.store import EditStore, open_client
 
     citizen = Edit(subject="Ellie Kemper", prompt="Ellie Kemper is a citizen of", target_new="Croatia")
@@ -89,8 +89,8 @@ def test_two_hops_bring_the_edit_about_the_first_answer(tiny, embedder):
 
 
 def test_the_gate_next_to_the_model_serves_lte_and_its_unaligned_ablation(tiny, tmp_path):
-    from lte.lte_editor import GATE_FILE, LTEConfig, LTEEditor
-    from lte.settings import Settings
+    from lte.core.settings import Settings
+    from lte.method.editor import GATE_FILE, LTEConfig, LTEEditor
     from retrieval.gate import UNFITTED, Gate
 
     fitted = Gate((1.0, 2.0, 3.0), -2.0, 0.7, "test")
@@ -106,8 +106,8 @@ def test_the_gate_next_to_the_model_serves_lte_and_its_unaligned_ablation(tiny, 
 
 def test_restore_keeps_what_was_in_a_users_store_before(tiny, embedder):
     """LTE on a user's store: restore removes only the edits apply added and brings back what they superseded."""
-    from lte.lte_editor import LTEEditor
-    from lte.schema import Edit
+    from lte.core.schema import Edit
+    from lte.method.editor import LTEEditor
 
     store = EditStore(open_client(), f"user-{uuid.uuid4().hex[:8]}", embedder)
     mine = Edit(subject="The Eiffel Tower", prompt="The Eiffel Tower is located in", target_new="Rome")
@@ -129,11 +129,11 @@ def test_a_lora_model_answers_unrelated_questions_with_its_own_weights_adapter_o
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from lte.editor import UneditedEditor
-    from lte.lte_editor import LTEEditor
-    from lte.models import MANIFEST, load_model
-    from lte.settings import Settings
-    from lte.tiny import build_tiny_model
+    from lte.core.editor import UneditedEditor
+    from lte.core.models import MANIFEST, load_model
+    from lte.core.settings import Settings
+    from lte.core.tiny import build_tiny_model
+    from lte.method.editor import LTEEditor
 
     model, _ = build_tiny_model()  # the same weights as `tiny`, which stays the plain base here
     adapter = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
@@ -161,9 +161,9 @@ def test_a_lora_model_answers_unrelated_questions_with_its_own_weights_adapter_o
 
 def test_a_fully_fine_tuned_model_brings_one_base_copy_for_routing_reference_and_editors(tiny, tmp_path):
     """`lte eval` with a full fine-tune loads its base once, for LTE's routing and the locality reference alike."""
-    from lte.models import LoadedModel
+    from lte.core.models import LoadedModel
+    from lte.core.settings import Settings
     from lte.registry import base_model_of, build_editor, editor_config
-    from lte.settings import Settings
 
     settings = Settings(home=tmp_path / "home")
     aligned = LoadedModel(tiny.model, tiny.tokenizer, spec="aligned-tiny", base_spec="tiny-random")

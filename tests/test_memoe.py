@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from baselines.memoe import MEMoEConfig, MEMoEEditor, find_span
-from lte.schema import Edit
+from lte.core.schema import Edit
 
 TINY = dict(layer=1, steps=15, lr=0.02, retain_texts=2, retain_tokens=4)
 EDITS = [

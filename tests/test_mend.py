@@ -6,8 +6,8 @@ from baselines.common import gradient_factors
 from baselines.knowledge_editor import edit_gradients
 from baselines.mend import MEND, MENDConfig, RunningNorm, build_network, edited_parameters
 from baselines.training import step_losses, unrelated_prompts
-from lte.editor import UneditedEditor
-from lte.tables import table_cases
+from lte.core.editor import UneditedEditor
+from lte.core.tables import table_cases
 
 CFG = MENDConfig(layers=(-2, -1), rank=8, lr_init=0.1)
 

@@ -1,7 +1,7 @@
 import pytest
 
-from lte.editor import Query, UneditedEditor
-from lte.metrics import FacetTally, contains_answer, ngram_entropy, normalize
+from lte.core.editor import Query, UneditedEditor
+from lte.core.metrics import FacetTally, contains_answer, ngram_entropy, normalize
 
 
 def test_answer_matching_is_case_and_space_insensitive():

@@ -2,7 +2,7 @@ import time
 
 import pytest
 
-from lte.models import ModelNotFoundError, default_gguf_path, load_model
+from lte.core.models import ModelNotFoundError, default_gguf_path, load_model
 
 
 def test_tiny_model_has_chat_template_and_pad(tiny):
@@ -28,7 +28,7 @@ def test_default_gguf_is_found_without_importing_its_package():
 
 @pytest.mark.slow
 def test_default_model_caches_and_answers(isolated_home):
-    from lte.editor import Query, UneditedEditor
+    from lte.core.editor import Query, UneditedEditor
 
     first = load_model()
     start = time.perf_counter()
@@ -43,9 +43,9 @@ def test_default_model_caches_and_answers(isolated_home):
 def test_device_and_dtype_resolve_from_flags_and_env(monkeypatch):
     import torch
 
-    from lte.errors import ConfigError
-    from lte.models import load_model, resolve_device, resolve_dtype
-    from lte.settings import Settings
+    from lte.core.errors import ConfigError
+    from lte.core.models import load_model, resolve_device, resolve_dtype
+    from lte.core.settings import Settings
 
     cpu = torch.device("cpu")
     assert resolve_dtype("auto", cpu) == torch.float32  # half types are slow on CPU kernels

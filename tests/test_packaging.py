@@ -42,7 +42,7 @@ def test_ask_edit_and_serve_need_no_extra(plain_install, tmp_path):
     assert asked.returncode == 0 and "Goa" in asked.stdout, asked.stderr[-2000:]
     served = lte(plain_install, tmp_path, "serve", "--help")
     assert served.returncode == 0 and "--generator-url" in served.stdout
-    probe = subprocess.run([sys.executable, "-S", "-c", "import sys, lte.server, lte.lte_editor; "
+    probe = subprocess.run([sys.executable, "-S", "-c", "import sys, lte.serving.server, lte.method.editor; "
                             f"print([m for m in {EXTRAS_ONLY!r} if m in sys.modules])"],
                            env={**os.environ, "PYTHONPATH": f"{plain_install}{os.pathsep}{ROOT}"},
                            capture_output=True, text=True, timeout=300)

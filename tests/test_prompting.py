@@ -1,7 +1,7 @@
 import pytest
 
-from lte import prompting
-from lte.scoring import target_ids
+from lte.core import prompting
+from lte.core.scoring import target_ids
 
 
 def test_cloze_is_prefilled_and_question_is_not(tiny):
@@ -36,7 +36,7 @@ def gemma_shaped_tokenizer():
     default, and turn markers that are special tokens."""
     from tokenizers.processors import TemplateProcessing
 
-    from lte.tiny import build_tiny_tokenizer
+    from lte.core.tiny import build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer()
     tokenizer.add_special_tokens({"bos_token": "<bos>",
@@ -57,8 +57,8 @@ def test_a_tokenizer_that_adds_bos_gets_it_in_every_rendered_prompt(tiny):
 
 
 def test_chat_template_file_turn_end_stops_generation_and_markers_never_enter_facts(tmp_path):
-    from lte.errors import InputFileError
-    from lte.models import read_chat_template, stop_token_ids
+    from lte.core.errors import InputFileError
+    from lte.core.models import read_chat_template, stop_token_ids
 
     tokenizer = gemma_shaped_tokenizer()
     tokenizer.chat_template = read_chat_template("gemma")  # the bundled template, by name

@@ -35,7 +35,7 @@ def adapted(command: str) -> str:
 
 
 def test_the_install_and_quickstart_commands_run_as_written(tmp_path):
-    from lte.catalog import TRAINING
+    from lte.core.catalog import TRAINING
 
     datasets = tmp_path / "datasets"  # the training splits by name, as tiny files where the real ones would lie
     for relative in TRAINING.values():
@@ -57,3 +57,13 @@ def test_the_readme_test_command_is_the_one_ci_runs():
     """`lte serve` and the openai client of the Serve section run in tests/test_server.py."""
     (command,) = section_commands("Tests")
     assert command in (README.parent / ".ci" / "run").read_text()
+
+
+def test_the_python_api_example_runs(tmp_path):
+    text = (README.parent / "docs" / "architecture.md").read_text().split("## Python API", 1)[1]
+    (code,) = re.findall(r"```python\n(.*?)```", text, re.S)[:1]
+    env = {**os.environ, "LTE_MODEL": "tiny-random", "LTE_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
+    env.pop("LTE_STORE", None)
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]

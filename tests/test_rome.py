@@ -2,8 +2,8 @@ import torch
 
 from baselines.rome import ROMEConfig, ROMEEditor
 from baselines.statistics import covariance_path
-from lte.editor import Query
-from lte.schema import Edit
+from lte.core.editor import Query
+from lte.core.schema import Edit
 
 EDIT = Edit(subject="The Space Needle", prompt="The Space Needle is located in", target_new="Goa")
 CFG = ROMEConfig(layer=1, cov_tokens=600, prefixes=2, prefix_tokens=4, v_steps=10, clamp_norm=50.0)
@@ -37,7 +37,7 @@ def test_covariance_is_cached_and_reused(tiny, isolated_home, monkeypatch):
 
 def test_key_targets_the_subject_last_token(tiny):
     from baselines.common import subject_last_token
-    from lte import prompting
+    from lte.core import prompting
 
     text = prompting.render(tiny.tokenizer, EDIT.prompt)
     index = subject_last_token(tiny.tokenizer, text, EDIT.subject)

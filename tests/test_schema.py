@@ -1,6 +1,6 @@
 import pytest
 
-from lte.schema import Edit, EditCase, SchemaError, flatten_answers, relation_template
+from lte.core.schema import Edit, EditCase, SchemaError, flatten_answers, relation_template
 
 
 def test_edit_id_is_stable_content_hash_and_derives_statement_and_relation():

@@ -8,8 +8,8 @@ import random
 import numpy as np
 import pytest
 
-from lte.schema import Edit
-from lte.tables import table_cases
+from lte.core.schema import Edit
+from lte.core.tables import table_cases
 from retrieval import scope as scope_module
 from retrieval.embedder import Embedder
 from retrieval.scope import ScopeConfig, ScopeModel, train_scope
@@ -94,7 +94,7 @@ def test_a_failed_training_leaves_nothing_at_the_target(tmp_path, monkeypatch, t
 
 
 def test_a_folder_without_scope_json_is_refused_with_the_fix(tmp_path):
-    from lte.errors import InputFileError
+    from lte.core.errors import InputFileError
 
     with pytest.raises(InputFileError, match="lte scope train"):
         ScopeModel(tmp_path)
@@ -104,8 +104,8 @@ def test_lte_finds_the_scope_model_next_to_the_model_and_an_explicit_gate_or_non
                                                                                               tmp_path):
     import shutil
 
-    from lte.lte_editor import LTEConfig, LTEEditor
-    from lte.settings import Settings
+    from lte.core.settings import Settings
+    from lte.method.editor import LTEConfig, LTEEditor
     from retrieval.gate import UNFITTED
 
     shutil.copytree(tiny_scope.path, tmp_path / "scope")

@@ -1,6 +1,6 @@
 import pytest
 
-from lte.scoring import ModelRunner, length_batches
+from lte.core.scoring import ModelRunner, length_batches
 
 
 def test_length_batches_group_similar_lengths_and_cover_every_index():

@@ -4,8 +4,8 @@ import uuid
 import httpx
 import pytest
 
-from lte.lte_editor import LTEEditor
-from lte.server import ServerConfig, Service
+from lte.method.editor import LTEEditor
+from lte.serving.server import ServerConfig, Service
 from retrieval.store import EditStore, open_client
 from tests.conftest import running_server
 
@@ -121,7 +121,7 @@ def test_requests_cancelled_while_queued_leave_the_queue():
     """Clients that go away while waiting must not hold queue places (they once made every later request a 503)."""
     import asyncio
 
-    from lte.server import APIError, GenerationQueue
+    from lte.serving.server import APIError, GenerationQueue
 
     async def scenario():
         queue = GenerationQueue(max_queue=2)
@@ -180,7 +180,7 @@ class GatedRunner:
             self.log.append(event)
 
     def complete(self, prompt, max_new_tokens):
-        from lte.scoring import Completion
+        from lte.core.scoring import Completion
 
         self.note("start")
         self.release.wait(30)

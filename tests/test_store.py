@@ -1,6 +1,6 @@
 import json
 
-from lte.schema import Edit
+from lte.core.schema import Edit
 from retrieval.store import KEY_INDEX, EditStore, open_client
 
 NEEDLE = Edit(subject="The Space Needle", prompt="The Space Needle is located in", target_new="Goa",
@@ -87,7 +87,7 @@ def test_half_written_edit_is_invisible_and_rerun_completes(store):
 
 def _training_cases():
     """Each case: its edit, two paraphrases, a neighbour (other subject) and another relation of its subject."""
-    from lte.schema import EditCase, Probe
+    from lte.core.schema import EditCase, Probe
 
     facts = [("The Space Needle", "is located in", "Goa", "Where is the Space Needle?",
               "Which city has the Space Needle?", "Who designed the Space Needle?"),

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from lte.lte_editor import LTEEditor
+from lte.method.editor import LTEEditor
 from retrieval.store import EditStore, open_client
 from tests.conftest import running_server
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lte.align.data import AlignDataConfig
-from lte.align.finetune import AlignConfig
-from lte.catalog import DATA_HELP, data_files
-from lte.models import load_model
+from lte.core.catalog import DATA_HELP, data_files
+from lte.core.models import load_model
+from lte.method.align.data import AlignDataConfig
+from lte.method.align.finetune import AlignConfig
 from retrieval.scope import ScopeConfig
 
 
@@ -44,7 +44,7 @@ def register(commands) -> None:
 
 
 def run(args, settings) -> int:
-    from lte.align.finetune import align
+    from lte.method.align.finetune import align
 
     name = Path(settings.model).name or "model"
     out = Path(args.out).expanduser() if args.out else settings.home / "aligned" / name

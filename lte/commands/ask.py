@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lte.models import load_model
+from lte.core.models import load_model
 
 
 def register(commands) -> None:
@@ -18,7 +18,7 @@ def register(commands) -> None:
 
 def run(args, settings) -> int:
     from lte.commands.common import print_json
-    from lte.lte_editor import LTEConfig, LTEEditor
+    from lte.method.editor import LTEConfig, LTEEditor
 
     # an unmerged LoRA adapter: unrelated questions run on the same weights with it off (one copy in memory)
     loaded = load_model(settings.model, settings.home, merge_adapter=False, **settings.load_options)

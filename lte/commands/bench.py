@@ -6,14 +6,14 @@ import math
 import shlex
 from pathlib import Path
 
-from lte.catalog import KNOWN
-from lte.errors import InputFileError
-from lte.harness import MODES
+from lte.core.catalog import KNOWN
+from lte.core.errors import InputFileError
+from lte.core.harness import MODES
 from lte.registry import editor_names
 
 
 def register(commands) -> None:
-    from lte.grid import BenchConfig
+    from lte.bench.grid import BenchConfig
 
     defaults = BenchConfig()
     parser = commands.add_parser(
@@ -52,9 +52,9 @@ def register(commands) -> None:
 
 
 def run(args, settings) -> int:
-    from lte.config import parse_pairs
-    from lte.grid import QUICK, BenchConfig, all_cells, run_bench, split_editor_options
-    from lte.report import write_reports
+    from lte.bench.grid import QUICK, BenchConfig, all_cells, run_bench, split_editor_options
+    from lte.bench.report import write_reports
+    from lte.core.config import parse_pairs
 
     cfg = BenchConfig(editors=args.editors, datasets=args.datasets, modes=args.modes, ns=args.ns,
                       budget_s=args.budget, score_sample=args.score_sample, out=Path(args.out),
@@ -76,7 +76,7 @@ def run(args, settings) -> int:
 
 
 def print_plan(cfg, settings) -> int:
-    from lte.grid import plan
+    from lte.bench.grid import plan
 
     rows = plan(cfg, settings)
     print(f"{'editor':<14}{'dataset':<14}{'mode':<11}{'n':>6}  {'action':<22}{'est. s':>9}")

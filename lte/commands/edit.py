@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lte.catalog import data_files
-from lte.datasets import load_cases, located_edits
-from lte.errors import InputError, NotFoundError
+from lte.core.catalog import data_files
+from lte.core.datasets import load_cases, located_edits
+from lte.core.errors import InputError, NotFoundError
 
 
 def register(commands) -> None:
@@ -147,7 +147,7 @@ def run_calibrate(args, settings) -> int:
     if args.tables:
         import random
 
-        from lte.tables import table_cases
+        from lte.core.tables import table_cases
 
         cases += table_cases(args.tables, random.Random(0))
     if not cases:

@@ -6,13 +6,13 @@ import shlex
 import time
 from pathlib import Path
 
-from lte import files
-from lte.catalog import KNOWN, dataset_path
-from lte.config import changed_options, parse_pairs
-from lte.datasets import load_cases, load_edits
-from lte.errors import ConfigError
-from lte.harness import MODES, EvalConfig, evaluate, format_table
-from lte.models import load_model
+from lte.core import files
+from lte.core.catalog import KNOWN, dataset_path
+from lte.core.config import changed_options, parse_pairs
+from lte.core.datasets import load_cases, load_edits
+from lte.core.errors import ConfigError
+from lte.core.harness import MODES, EvalConfig, evaluate, format_table
+from lte.core.models import load_model
 from lte.registry import EDITORS, base_model_of, build_editor, editor_config
 
 

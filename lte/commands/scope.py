@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lte.catalog import DATA_HELP, data_files
+from lte.core.catalog import DATA_HELP, data_files
 
 
 def register(commands) -> None:

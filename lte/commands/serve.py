@@ -6,8 +6,8 @@ import logging
 import os
 from pathlib import Path
 
-from lte.errors import InputError
-from lte.models import load_model
+from lte.core.errors import InputError
+from lte.core.models import load_model
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def run(args, settings) -> int:
-    from lte.server import ServerConfig, serve
+    from lte.serving.server import ServerConfig, serve
 
     cfg = ServerConfig(host=args.host, port=args.port, api_key=args.api_key or os.environ.get("LTE_API_KEY") or None,
                        max_body_bytes=args.max_body_bytes, max_queue=args.max_queue,
@@ -76,8 +76,8 @@ def run(args, settings) -> int:
 
 
 def local_service(args, settings, cfg):
-    from lte.lte_editor import LTEConfig, LTEEditor
-    from lte.server import Service
+    from lte.method.editor import LTEConfig, LTEEditor
+    from lte.serving.server import Service
 
     loaded = load_model(settings.model, settings.home, merge_adapter=False, **settings.load_options)
     # a generation-only backend keeps no edits: an in-memory store, never the user's
@@ -102,10 +102,10 @@ def log_routing(editor) -> None:
 
 
 def remote_service(args, settings, cfg, url):
-    from lte.generation import RemoteConfig, RemoteGeneration
-    from lte.lte_editor import EditRetrieval, LTEConfig, open_store
-    from lte.models import load_tokenizer, read_chat_template, read_manifest
-    from lte.server import Service
+    from lte.core.models import load_tokenizer, read_chat_template, read_manifest
+    from lte.method.editor import EditRetrieval, LTEConfig, open_store
+    from lte.serving.generation import RemoteConfig, RemoteGeneration
+    from lte.serving.server import Service
 
     try:
         remote = RemoteConfig(url=url, model=args.generator_model or settings.model,

@@ -4,21 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lte.catalog import DATA_HELP
-from lte.models import load_model
-
-# name → (module holding the method, one-line help)
-METHODS = {
-    "ke": ("baselines.knowledge_editor:KE", "KnowledgeEditor hypernetwork (De Cao et al., 2021)"),
-    "mend": ("baselines.mend:MEND", "MEND gradient-factor editor network (Mitchell et al., 2022)"),
-}
+from lte.core.catalog import DATA_HELP
+from lte.core.models import load_model
 
 
 def register(commands) -> None:
     parser = commands.add_parser("train", help="train a learned editor (lte train ke|mend)",
                                  description="Train an editor that must learn before it can edit.")
     sub = parser.add_subparsers(title="editors", metavar="EDITOR")
-    for name, (_, help_text) in METHODS.items():
+    from lte.registry import learned_editors
+
+    for name, spec in learned_editors().items():
+        help_text = spec.paper
         method = sub.add_parser(name, help=help_text,
                                 description=f"Train the {help_text} on training-split edit cases; resumable (re-run "
                                 "the same command). Without --data it trains on counterfactual edits sampled from "
@@ -37,18 +34,17 @@ def register(commands) -> None:
 
 
 def run(args, settings) -> int:
-    import importlib
     import random
 
     from baselines.learned import default_checkpoint
     from baselines.training import TrainConfig, train_learned
-    from lte.catalog import data_files
-    from lte.config import build_config, parse_pairs
-    from lte.datasets import load_cases
-    from lte.tables import table_cases
+    from lte.core.catalog import data_files
+    from lte.core.config import build_config, parse_pairs
+    from lte.core.datasets import load_cases
+    from lte.core.tables import table_cases
+    from lte.registry import spec_for
 
-    module, _, attribute = METHODS[args.method_name][0].partition(":")
-    method = getattr(importlib.import_module(module), attribute)
+    method = spec_for(args.method_name).learned_method()
     overrides = {**method.train_defaults, "dev_cases": args.dev, "seed": args.seed, **parse_pairs(args.set)}
     if args.steps:
         overrides["steps"] = args.steps

@@ -17,18 +17,18 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from lte.config import config_dict
-from lte.editor import Editor, Query
-from lte.errors import ConfigError
-from lte.metrics import (
+from lte.core.config import config_dict
+from lte.core.editor import Editor, Query
+from lte.core.errors import ConfigError
+from lte.core.metrics import (
     FacetTally,
     RetrievalTally,
     contains_answer,
     ngram_entropy,
     normalize,
 )
-from lte.models import model_identity
-from lte.schema import FACETS, Edit, EditCase
+from lte.core.models import model_identity
+from lte.core.schema import FACETS, Edit, EditCase
 
 MODES = ("single", "batch", "sequential", "sequential-batch")
 # Bumped whenever a change alters what a metric measures, so cached results from older harnesses are not mixed

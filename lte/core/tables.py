@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from lte_data import data_path
 
-from lte.schema import Edit, EditCase, Probe, default_statement
+from lte.core.schema import Edit, EditCase, Probe, default_statement
 
 
 def table_cases(n: int, rng: random.Random) -> list[EditCase]:

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 from transformers import PreTrainedTokenizerBase
 
-from lte.errors import InputError
+from lte.core.errors import InputError
 
 
 def is_cloze(prompt: str) -> bool:

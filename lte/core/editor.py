@@ -1,7 +1,7 @@
 """The one interface every editing method implements, and the two reference editors (`none`, `context`).
 
 The harness calls only `apply`, `restore`, `score` and `generate`. Editors that answer with a local causal LM derive
-from `ModelEditor`, which renders prompts through `lte.prompting` so every method sees the same text; they differ
+from `ModelEditor`, which renders prompts through `lte.core.prompting` so every method sees the same text; they differ
 in what `apply` does (change weights, add hooks, store documents) and in the facts they put into the prompt.
 """
 
@@ -12,14 +12,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from lte import prompting
-from lte.config import NoOptions
-from lte.models import LoadedModel, placement_of
-from lte.schema import Edit
-from lte.scoring import ModelRunner, TargetScore
+from lte.core import prompting
+from lte.core.config import NoOptions
+from lte.core.models import LoadedModel, placement_of
+from lte.core.schema import Edit
+from lte.core.scoring import ModelRunner, TargetScore
 
 if TYPE_CHECKING:
-    from lte.settings import Settings
+    from lte.core.settings import Settings
 
 
 @dataclass(frozen=True)

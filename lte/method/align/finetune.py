@@ -14,8 +14,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lte import files, prompting
-from lte.align.data import (
+from lte.core import files, prompting
+from lte.core.errors import need
+from lte.core.models import MANIFEST, LoadedModel
+from lte.core.scoring import target_ids
+from lte.method.align.data import (
     AlignDataConfig,
     alignment_cases,
     build_rows,
@@ -23,9 +26,6 @@ from lte.align.data import (
     content_hash,
     write_rows,
 )
-from lte.errors import need
-from lte.models import MANIFEST, LoadedModel
-from lte.scoring import target_ids
 from retrieval.scope import ScopeConfig
 from retrieval.scope_data import ScopeDataConfig
 
@@ -98,7 +98,7 @@ def alignment_rows(loaded: LoadedModel, cfg: AlignConfig, out: Path, progress: b
     """The training rows and their hash: read back when OUT already has them (a resumed run trains on exactly
     the data its checkpoints were trained on), else built and written."""
     data_file = out / "alignment.jsonl"
-    if data_file.is_file():  # written whole or not at all (lte.files); its hash is that of its text
+    if data_file.is_file():  # written whole or not at all (lte.core.files); its hash is that of its text
         text = data_file.read_text(encoding="utf-8")
         return [json.loads(line) for line in text.splitlines()], content_hash(text)
     rows = build_rows(loaded, cfg.data, cfg.data_files, progress)
@@ -113,7 +113,7 @@ GATE_CASES_PER_SOURCE = 1000  # the tables and each data file weigh alike (a 10,
 def fit_gate_for(cfg: AlignConfig, out: Path, embedder=None) -> None:
     """Fit the relevance gate on the alignment cases (their paraphrases pass, their neighbours and other relations
     of the same subject do not) and save it next to the model, where `lte` finds it for stores without their own."""
-    from lte.lte_editor import GATE_FILE
+    from lte.method.editor import GATE_FILE
     from retrieval.embedder import Embedder
     from retrieval.store import fit_gate_on
 
@@ -170,7 +170,7 @@ def training_precision(name: str, device) -> torch.dtype:
     inference keeps float32 weights so that scores do not move with the hardware."""
     import torch
 
-    from lte.models import resolve_dtype
+    from lte.core.models import resolve_dtype
 
     if name == "auto" and device.type == "cpu" and cpu_has_native_bf16():
         return torch.bfloat16

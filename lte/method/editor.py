@@ -1,7 +1,7 @@
 """LTE phase 2: answer with retrieved edits in the prompt of the aligned model.
 
 `apply` inserts edits into the EditStore; answering retrieves the top-k edits the scope model lets through, writes
-them into the prompt (`lte.prompting`), and generates with the aligned model. A question with no relevant edit gets
+them into the prompt (`lte.core.prompting`), and generates with the aligned model. A question with no relevant edit gets
 no edit block at all, and — when the aligned model was fine-tuned from a base model we can load — is answered by
 that unedited base model: unrelated questions then get exactly the answers they got before any edit, whatever the
 fine-tuning shifted (measured: without this, the aligned default model's answers to CounterFact neighbour prompts
@@ -17,13 +17,13 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
-from lte import prompting
-from lte.editor import ModelEditor, Query
-from lte.errors import ConfigError, InputFileError
-from lte.models import LoadedModel, load_base
-from lte.schema import Edit
-from lte.scoring import ModelRunner, TargetScore
-from lte.settings import Settings
+from lte.core import prompting
+from lte.core.editor import ModelEditor, Query
+from lte.core.errors import ConfigError, InputFileError
+from lte.core.models import LoadedModel, load_base
+from lte.core.schema import Edit
+from lte.core.scoring import ModelRunner, TargetScore
+from lte.core.settings import Settings
 from retrieval.gate import Gate
 from retrieval.scope import META_FILE, ScopeModel, scope_beside
 from retrieval.store import EditStore, Hit, open_client

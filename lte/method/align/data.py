@@ -1,6 +1,6 @@
 """Build the alignment set: chat conversations teaching the model to use relevant updated facts and ignore others.
 
-Kinds of rows, all rendered with `lte.prompting` (the template inference uses):
+Kinds of rows, all rendered with `lte.core.prompting` (the template inference uses):
 - in_scope: 1–3 facts, one of which answers the request (at a random position) → the new answer. The request is the
   edit's own prompt or one of many paraphrases (clozes and questions); table facts are worded as a statement, a
   completed cloze or a question and answer, the shapes `Edit.statement` takes for real datasets;
@@ -32,12 +32,12 @@ from pathlib import Path
 from lte_data import data_lines
 from tqdm.auto import tqdm
 
-from lte import files, prompting
-from lte.datasets import load_cases
-from lte.models import LoadedModel
-from lte.schema import EditCase
-from lte.scoring import ModelRunner
-from lte.tables import SAME_SUBJECT_KINDS, similar_subject, table_cases
+from lte.core import files, prompting
+from lte.core.datasets import load_cases
+from lte.core.models import LoadedModel
+from lte.core.schema import EditCase
+from lte.core.scoring import ModelRunner
+from lte.core.tables import SAME_SUBJECT_KINDS, similar_subject, table_cases
 
 
 @dataclass

@@ -3,7 +3,7 @@ cell cached as JSON under OUT/cells so an interrupted or extended bench continue
 
 A cell is *skipped* when its editor cannot run here (`EditorUnavailableError`, e.g. no trained KE checkpoint) or
 when the time it would take, extrapolated from the same editor's smaller cells, exceeds the per-cell budget; it is
-*failed*, with its traceback, for anything else. Both are tried again by the next run. Reports: `lte.report`.
+*failed*, with its traceback, for anything else. Both are tried again by the next run. Reports: `lte.bench.report`.
 """
 
 from __future__ import annotations
@@ -15,16 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lte import files
-from lte.catalog import QUICK as QUICK_DATASETS
-from lte.catalog import dataset_path
-from lte.config import changed_options, options_tag
-from lte.datasets import load_cases
-from lte.errors import ConfigError, EditorUnavailableError
-from lte.harness import HARNESS_VERSION, EvalConfig, evaluate, locality_references
-from lte.models import LoadedModel, load_model
+from lte.core import files
+from lte.core.catalog import QUICK as QUICK_DATASETS
+from lte.core.catalog import dataset_path
+from lte.core.config import changed_options, options_tag
+from lte.core.datasets import load_cases
+from lte.core.errors import ConfigError, EditorUnavailableError
+from lte.core.harness import HARNESS_VERSION, EvalConfig, evaluate, locality_references
+from lte.core.models import LoadedModel, load_model
+from lte.core.settings import Settings
 from lte.registry import base_model_of, build_editor, editor_config, editor_names
-from lte.settings import Settings
 
 
 @dataclass

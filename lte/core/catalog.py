@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lte.errors import InputError
-from lte.settings import Settings
+from lte.core.errors import InputError
+from lte.core.settings import Settings
 
 KNOWN = {
     "counterfact": "counterfact_easyedit/counterfact-edit.json",

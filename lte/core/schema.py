@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from lte.errors import SchemaError
+from lte.core.errors import SchemaError
 
-# The four facets every editor is scored on (lte/harness.py); defined here, once, because cases carry their probes.
+# The four facets every editor is scored on (lte/core/harness.py); defined here, once, because cases carry their probes.
 FACETS = ("reliability", "generalization", "locality", "portability")
 
 

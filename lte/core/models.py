@@ -23,9 +23,9 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from lte import files
-from lte.errors import ConfigError, InputFileError, ModelNotFoundError
-from lte.settings import DEFAULT_MODEL, lte_home
+from lte.core import files
+from lte.core.errors import ConfigError, InputFileError, ModelNotFoundError
+from lte.core.settings import DEFAULT_MODEL, lte_home
 
 __all__ = ["LoadedModel", "ModelNotFoundError", "load_model", "load_tokenizer", "model_identity", "placement_of"]
 
@@ -153,7 +153,7 @@ def resolve_spec(spec: str) -> tuple[str, Path]:
 def _load(spec: str, home: Path, dtype: torch.dtype, merge_adapter: bool, place: torch.device) -> LoadedModel:
     kind, path = resolve_spec(spec)
     if kind == "tiny":
-        from lte.tiny import build_tiny_model
+        from lte.core.tiny import build_tiny_model
 
         model, tokenizer = build_tiny_model()
         return LoadedModel(model.to(dtype), tokenizer, spec, spec)

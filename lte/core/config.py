@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from lte.errors import ConfigError
+from lte.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

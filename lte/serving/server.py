@@ -6,11 +6,11 @@
 - `GET /health` and the page at `/` are open; with an API key set, every `/v1` request needs `Authorization: Bearer`.
 
 Prompts and routing come from the editor (`EditRetrieval.chat_prompt`, `LTEEditor.runner_for`), so the server
-answers exactly as `lte ask` and the harness do. Generation (`lte.generation`) runs on this process's model, or on
-an OpenAI-compatible generation server (`--generator-url`), through `GenerationQueue.slot()`: in arrival order, at
-most `concurrency` at once (1 locally), the queue bounded (503 when full); a request cancelled while waiting leaves
-it, and a slot is released only once its generation has stopped. Edit text only ever enters the fact block of the
-user turn.
+answers exactly as `lte ask` and the harness do. Generation (`lte.serving.generation`) runs on this process's model,
+or on an OpenAI-compatible generation server (`--generator-url`), through `GenerationQueue.slot()`: in arrival
+order, at most `concurrency` at once (1 locally), the queue bounded (503 when full); a request cancelled while
+waiting leaves it, and a slot is released only once its generation has stopped. Edit text only ever enters the
+fact block of the user turn.
 
 `generation_only` turns the server into a plain generation backend for another `lte serve --generator-url`:
 `/v1/completions` continues its prompt as written (the OpenAI meaning of that endpoint), no edits are retrieved, and
@@ -38,12 +38,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lte import prompting
-from lte.errors import InputError, SchemaError
-from lte.generation import GenerationError, LocalGeneration, RemoteGeneration
-from lte.lte_editor import EditRetrieval, LTEEditor
-from lte.schema import Edit
-from lte.scoring import Completion
+from lte.core import prompting
+from lte.core.errors import InputError, SchemaError
+from lte.core.schema import Edit
+from lte.core.scoring import Completion
+from lte.method.editor import EditRetrieval, LTEEditor
+from lte.serving.generation import GenerationError, LocalGeneration, RemoteGeneration
 from retrieval.store import Hit
 
 
@@ -325,7 +325,7 @@ pages = APIRouter()
 
 @pages.get("/", response_class=HTMLResponse, include_in_schema=False)
 def page() -> str:
-    return files("lte").joinpath("static/index.html").read_text(encoding="utf-8")
+    return files("lte.serving").joinpath("static/index.html").read_text(encoding="utf-8")
 
 
 @pages.get("/health")

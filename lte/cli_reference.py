@@ -1,5 +1,5 @@
 """`docs/cli.md`: every command's `--help`, generated from the parsers so the reference cannot drift from the code.
-Regenerate with `python -m lte.commands.reference > docs/cli.md` (a test checks it is current)."""
+Regenerate with `python -m lte.cli_reference > docs/cli.md` (a test checks it is current)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 
 HEADER = """# CLI reference
 
-Generated from `lte`'s own parsers by `python -m lte.commands.reference > docs/cli.md`; `lte COMMAND --help` prints
+Generated from `lte`'s own parsers by `python -m lte.cli_reference > docs/cli.md`; `lte COMMAND --help` prints
 the same text. Global options go before the subcommand (`lte --model DIR ask ...`) and are also read from the
 environment variables their help names. Errors you can fix (a bad file, line or field; an unknown option; a missing
 model or checkpoint) print one line, `lte: error: ...`, and exit with status 2; anything else is a bug and shows its

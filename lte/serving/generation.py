@@ -1,7 +1,7 @@
 """Where `lte serve` generates: on its own model(s) (`LocalGeneration`), or on any OpenAI-compatible generation
 server (`RemoteGeneration`: vLLM, TGI, llama.cpp's server, SGLang, another `lte serve --generation-only`).
 
-Both take the prompt already written by `lte.prompting` (chat template, fact block, assistant prefill) and the
+Both take the prompt already written by `lte.core.prompting` (chat template, fact block, assistant prefill) and the
 name of the model that should continue it: the aligned one for prompts carrying edits, the unedited base for the
 others (`model_for`). The remote side therefore uses the raw-text `/v1/completions` endpoint — the only OpenAI
 endpoint that continues a prompt exactly as written, so an aligned model served elsewhere sees what it was trained
@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import anyio
 import httpx
 
-from lte.scoring import Completion, ModelRunner
+from lte.core.scoring import Completion, ModelRunner
 
 log = logging.getLogger(__name__)
 

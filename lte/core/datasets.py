@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lte.errors import InputFileError, SchemaError, need
-from lte.schema import Edit, EditCase, Probe, flatten_answers
+from lte.core.errors import InputFileError, SchemaError, need
+from lte.core.schema import Edit, EditCase, Probe, flatten_answers
 
 Record = Mapping[str, Any]
 

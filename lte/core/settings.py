@@ -25,7 +25,7 @@ class Settings:
     datasets: the folder holding the public datasets `lte eval`/`lte bench` know by name (LTE_DATASETS; default
     the first of DATASET_DIR_CANDIDATES that exists, relative to the working directory).
     device, dtype: where and in which precision models run (LTE_DEVICE, LTE_DTYPE; 'auto': CUDA in bfloat16 where
-    available, else the CPU in float32 — see `lte.models.resolve_device`/`resolve_dtype`).
+    available, else the CPU in float32 — see `lte.core.models.resolve_device`/`resolve_dtype`).
     chat_template: a Jinja chat template file for models that ship none (LTE_CHAT_TEMPLATE); `lte align` saves it
     with the aligned model.
     """

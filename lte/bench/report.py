@@ -12,12 +12,12 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from lte import files
-from lte.errors import need
-from lte.grid import BenchConfig
+from lte.bench.grid import BenchConfig
+from lte.core import files
+from lte.core.errors import need
+from lte.core.schema import FACETS
+from lte.core.settings import Settings
 from lte.registry import editor_names
-from lte.schema import FACETS
-from lte.settings import Settings
 
 STUDY_FACETS = ("reliability", "generalization", "locality")  # the batch-size study's facets (and their average)
 
@@ -241,7 +241,7 @@ def study_average(r: dict) -> float:
 
 def at_defaults(r: dict) -> bool:
     """Whether a cell's recorded options are its editor's current defaults (a sweep's cells are not)."""
-    from lte.config import changed_options
+    from lte.core.config import changed_options
     from lte.registry import editor_config
 
     options = r.get("options") or {}
