@@ -274,3 +274,16 @@ def test_abandoned_requests_free_the_queue_and_the_slot_waits_for_the_generation
         assert c.post("/v1/chat/completions", json=ask).status_code == 200
     # one generation at a time: every start follows the end of the one before; the abandoned request never ran
     assert runner.log == ["start", "end"] * 3
+
+
+def test_bad_request_bodies_name_the_field_and_are_in_the_openapi_schema(server):
+    base, _ = server
+    headers = {"Authorization": f"Bearer {KEY}"}
+    bad = httpx.post(base + "/v1/chat/completions", headers=headers,
+                     json={"messages": [{"role": "bot", "content": "hi"}]})
+    assert bad.status_code == 400 and bad.json()["error"]["message"].startswith("messages[0].role:")
+    bad = httpx.post(base + "/v1/edits/search", headers=headers, json={"query": "x", "k": 99})
+    assert bad.status_code == 400 and "k: " in bad.json()["error"]["message"]
+    schema = httpx.get(base + "/openapi.json").json()
+    body = schema["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert "messages" in body["properties"]

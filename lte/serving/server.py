@@ -29,13 +29,14 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from importlib.resources import files
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import httpx
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lte.core import prompting
@@ -43,8 +44,11 @@ from lte.core.errors import InputError, SchemaError
 from lte.core.schema import Edit
 from lte.core.scoring import Completion
 from lte.method.editor import EditRetrieval, LTEEditor
+from lte.serving.bodies import ChatRequest, CompletionRequest, SearchRequest, problem
 from lte.serving.generation import GenerationError, LocalGeneration, RemoteGeneration
 from retrieval.store import Hit
+
+BodyModel = TypeVar("BodyModel", bound=BaseModel)
 
 
 @dataclass
@@ -188,43 +192,6 @@ def edits_used(hits: list[Hit]) -> list[dict[str, Any]]:
     return [{"id": h.edit.id, "score": h.score, "statement": h.edit.statement} for h in hits]
 
 
-def parse_messages(body: dict) -> list[dict[str, str]]:
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise APIError(400, "'messages' must be a non-empty list")
-    parsed = []
-    for i, message in enumerate(messages):
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, list):  # OpenAI content parts: keep the text ones
-            content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
-        if not isinstance(content, str) or message.get("role") not in ("system", "user", "assistant"):
-            raise APIError(400, f"messages[{i}]: needs a role (system, user, assistant) and text content")
-        parsed.append({"role": message["role"], "content": content})
-    return parsed
-
-
-def raw_prompt(body: dict) -> str:
-    """/v1/completions' prompt, as given (a one-element list too)."""
-    text = body.get("prompt")
-    if isinstance(text, list) and len(text) == 1:
-        text = text[0]
-    if not isinstance(text, str) or not text.strip():
-        raise APIError(400, "'prompt' must be a non-empty string")
-    return text
-
-
-def parse_prompt(body: dict) -> list[dict[str, str]]:
-    """/v1/completions on an editing server: the prompt as a one-turn conversation."""
-    return [{"role": "user", "content": raw_prompt(body)}]
-
-
-def requested_tokens(body: dict, cfg: ServerConfig) -> int:
-    value = body.get("max_completion_tokens") or body.get("max_tokens") or cfg.default_tokens
-    if not isinstance(value, int) or value < 1:
-        raise APIError(400, "'max_tokens' must be a positive integer")
-    return min(value, cfg.max_tokens)
-
-
 def parse_edits(body: Any) -> list[Edit]:
     records = body.get("edits") if isinstance(body, dict) and "edits" in body else body
     records = records if isinstance(records, list) else [records]
@@ -257,6 +224,19 @@ async def json_object(request: Request) -> dict:
     if not isinstance(body, dict):
         raise APIError(400, "body must be a JSON object")
     return body
+
+
+def validated(model: type[BodyModel], body: dict) -> BodyModel:
+    """The body as its pydantic model; a bad field is a 400 that names it."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as error:
+        raise APIError(400, problem(error)) from None
+
+
+def schema(model: type[BaseModel]) -> dict:
+    """A route's request body for the OpenAPI schema (the body is read by hand, for its size limit)."""
+    return {"requestBody": {"content": {"application/json": {"schema": model.model_json_schema()}}, "required": True}}
 
 
 # ---------------------------------------------------------------- responses
@@ -341,28 +321,32 @@ def models(service: Service = Depends(service_of)) -> dict:
                                        for name in names]}
 
 
-@api.post("/chat/completions")
+@api.post("/chat/completions", openapi_extra=schema(ChatRequest))
 async def chat(request: Request, service: Service = Depends(service_of)):
     body = await json_object(request)
-    messages, max_tokens = parse_messages(body), requested_tokens(body, service.cfg)
+    chat_request = validated(ChatRequest, body)
+    messages = [{"role": m.role, "content": m.text()} for m in chat_request.messages]
+    max_tokens = chat_request.tokens(service.cfg.default_tokens, service.cfg.max_tokens)
     prompt, hits = await asyncio.to_thread(service.prompt_for, messages)
     model = service.model_for(hits, body)
-    if body.get("stream"):
+    if chat_request.stream:
         return await service.streamed("chat", prompt, model, hits, max_tokens)
     return completion_body("chat", service, await service.complete(request, prompt, model, max_tokens), hits)
 
 
-@api.post("/completions")
+@api.post("/completions", openapi_extra=schema(CompletionRequest))
 async def completions(request: Request, service: Service = Depends(service_of)):
     """A generation-only server continues the prompt as written; otherwise the prompt is a one-turn question
     answered with the relevant edits."""
     body = await json_object(request)
+    completion = validated(CompletionRequest, body)
     if service.cfg.generation_only:
-        prompt, hits = raw_prompt(body), []
+        prompt, hits = completion.prompt, []
     else:
-        prompt, hits = await asyncio.to_thread(service.prompt_for, parse_prompt(body))
-    model, max_tokens = service.model_for(hits, body), requested_tokens(body, service.cfg)
-    if body.get("stream"):
+        prompt, hits = await asyncio.to_thread(service.prompt_for, [{"role": "user", "content": completion.prompt}])
+    model = service.model_for(hits, body)
+    max_tokens = completion.tokens(service.cfg.default_tokens, service.cfg.max_tokens)
+    if completion.stream:
         return await service.streamed("text", prompt, model, hits, max_tokens)
     return completion_body("text", service, await service.complete(request, prompt, model, max_tokens), hits)
 
@@ -411,13 +395,10 @@ def delete_edit(edit_id: str, service: Service = Depends(service_of)) -> dict:
     return {"id": edit_id, "deleted": True}
 
 
-@api.post("/edits/search")
+@api.post("/edits/search", openapi_extra=schema(SearchRequest))
 async def search(request: Request, service: Service = Depends(service_of)):
-    body = await json_object(request)
-    query, k = body.get("query"), body.get("k", 3)
-    if not isinstance(query, str) or not query.strip() or not isinstance(k, int) or not 1 <= k <= 50:
-        raise APIError(400, "'query' must be a non-empty string and 'k' an integer from 1 to 50")
-    hits = await asyncio.to_thread(service.store.search, query, k)
+    wanted = validated(SearchRequest, await json_object(request))
+    hits = await asyncio.to_thread(service.store.search, wanted.query, wanted.k)
     return {"object": "list", "threshold": service.store.threshold,
             "data": [{**h.edit.to_dict(), "score": h.score} for h in hits]}
 
