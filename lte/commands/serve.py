@@ -44,7 +44,7 @@ def register(commands) -> None:
                         help="seconds to connect and between bytes of its answer; past it the client gets 504 "
                         "(default 120)")
     remote.add_argument("--generator-retries", type=int, default=2, metavar="N",
-                        help="further attempts after a failed connection or a 502/503/504 from it (default 2)")
+                        help="further attempts after a failed connection or a 408/429/5xx from it (default 2)")
     remote.add_argument("--generator-concurrency", type=int, default=8, metavar="N",
                         help="requests in flight to it at once; the rest queue here (default 8)")
     parser.add_argument("--generation-only", action="store_true",

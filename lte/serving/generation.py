@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -104,8 +103,8 @@ class RemoteConfig:
     name that continues prompts carrying edits (the aligned one); base_model: the one for prompts without (its
     unedited base; None: `model` for both). key: sent as a bearer token. timeout: seconds to connect and between
     bytes of an answer (a slow first token on a loaded GPU server is normal; 120 s). retries: further attempts
-    after a failed connection or a 502/503/504 answer, 0.5 s apart and doubling (a restarting server comes back in
-    seconds). concurrency: requests in flight to the server at once (it batches them; 8 keeps a small server busy
+    after a failed connection or a 408/429/5xx answer, with the openai client's backoff (from 0.5 s, doubling; a
+    restarting server comes back in seconds). concurrency: requests in flight to the server at once (it batches them; 8 keeps a small server busy
     without queueing there what we can queue here)."""
 
     url: str
@@ -126,16 +125,14 @@ class RemoteConfig:
             raise ValueError("--generator-retries must be ≥ 0, --generator-concurrency ≥ 1, --generator-timeout > 0")
 
 
-RETRIED_STATUS = (502, 503, 504)
-
-
 class RemoteGeneration:
-    """Forwards each prompt to `POST {url}/completions` (greedy: temperature 0), streaming or not."""
+    """Forwards each prompt to `POST {url}/completions` (greedy: temperature 0), streaming or not, through the
+    `openai` client (its retries with backoff, its timeouts and its server-sent-event parsing)."""
 
     def __init__(self, cfg: RemoteConfig):
         self.cfg = cfg
         self.concurrency = cfg.concurrency
-        self._client: httpx.AsyncClient | None = None  # created inside the server's event loop, on first use
+        self._client = None  # created inside the server's event loop, on first use
 
     @property
     def model_id(self) -> str:
@@ -145,96 +142,70 @@ class RemoteGeneration:
         return self.cfg.model if has_edits or not self.cfg.base_model else self.cfg.base_model
 
     @property
-    def client(self) -> httpx.AsyncClient:
+    def client(self):
         if self._client is None:
-            headers = {"Authorization": f"Bearer {self.cfg.key}"} if self.cfg.key else {}
-            self._client = httpx.AsyncClient(base_url=self.cfg.url.rstrip("/") + "/", headers=headers,
-                                             timeout=httpx.Timeout(self.cfg.timeout))
+            from openai import AsyncOpenAI
+
+            self._client = AsyncOpenAI(base_url=self.cfg.url, api_key=self.cfg.key or "unused",
+                                       timeout=self.cfg.timeout, max_retries=self.cfg.retries)
         return self._client
 
-    def body(self, prompt: str, model: str, max_tokens: int, stream: bool) -> dict:
-        return {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": stream}
-
     async def complete(self, prompt: str, model: str, max_tokens: int) -> Completion:
-        response = await self._send(self.body(prompt, model, max_tokens, stream=False), stream=False)
+        answer = await self._create(prompt, model, max_tokens, stream=False)
         try:
-            answer = response.json()
-            choice = answer["choices"][0]
-            usage = answer.get("usage") or {}
-            return Completion(choice["text"], int(usage.get("prompt_tokens", 0)),
-                              int(usage.get("completion_tokens", 0)), choice.get("finish_reason") or "stop")
-        except (ValueError, KeyError, IndexError, TypeError) as error:
+            choice, usage = answer.choices[0], answer.usage
+            return Completion(choice.text, usage.prompt_tokens if usage else 0,
+                              usage.completion_tokens if usage else 0, choice.finish_reason or "stop")
+        except (AttributeError, IndexError, TypeError) as error:
             raise self._error(502, f"answered something that is not a completion ({type(error).__name__}: "
                                    f"{error})", "generator_bad_response") from None
 
     @contextlib.asynccontextmanager
     async def streaming(self, prompt: str, model: str, max_tokens: int) -> AsyncIterator[AsyncIterator[str]]:
         """Connects (and fails with a GenerationError) before the caller sends any byte of its own stream."""
-        response = await self._send(self.body(prompt, model, max_tokens, stream=True), stream=True)
+        stream = await self._create(prompt, model, max_tokens, stream=True)
         try:
-            yield self._pieces(response)
+            yield self._pieces(stream)
         finally:
             with anyio.CancelScope(shield=True):
-                await response.aclose()
+                await stream.close()
 
-    async def _pieces(self, response: httpx.Response) -> AsyncIterator[str]:
-        """The text of each server-sent event until `[DONE]`. A server that fails mid-stream ends the stream
-        without `[DONE]` (the headers are gone; the client sees an incomplete stream, as it should)."""
-        async for line in response.aiter_lines():
-            if not line.startswith("data:"):
-                continue
-            data = line[len("data:"):].strip()
-            if data == "[DONE]":
-                return
-            try:
-                text = json.loads(data)["choices"][0].get("text") or ""
-            except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-                raise self._error(502, f"streamed an event that is not a completion chunk: {data[:200]}",
-                                  "generator_bad_response") from None
-            if text:
-                yield text
-
-    async def _send(self, body: dict, stream: bool) -> httpx.Response:
-        """POST with retries on failed connections and 502/503/504 answers; any other failure maps at once."""
-        delay = 0.5
-        for attempt in range(self.cfg.retries + 1):
-            last = attempt == self.cfg.retries
-            try:
-                request = self.client.build_request("POST", "completions", json=body)
-                response = await self.client.send(request, stream=stream)
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as error:
-                # RemoteProtocolError: a kept-alive connection the server closed when it went away
-                if last:
-                    raise self._error(503, f"is unreachable ({type(error).__name__}: {error}); retry when it is "
-                                           "back", "generator_unavailable") from None
-            except httpx.TimeoutException as error:
-                raise self._error(504, f"did not answer within {self.cfg.timeout:g} s ({type(error).__name__}); "
-                                       "raise --generator-timeout", "generator_timeout") from None
-            except httpx.TransportError as error:
-                raise self._error(502, f"failed: {type(error).__name__}: {error}", "generator_failed") from None
-            else:
-                if response.status_code < 400:
-                    return response
-                message = await self._message(response)
-                if last or response.status_code not in RETRIED_STATUS:
-                    raise self._error(502, f"answered HTTP {response.status_code}: {message}", "generator_error")
-            log.warning("generator %s: attempt %d failed; retrying in %.1f s", self.cfg.url, attempt + 1, delay)
-            await asyncio.sleep(delay)
-            delay *= 2
-        raise AssertionError("unreachable")  # the loop always returns or raises
-
-    @staticmethod
-    async def _message(response: httpx.Response) -> str:
-        raw = (await response.aread()).decode("utf-8", "replace")
-        await response.aclose()
+    async def _pieces(self, stream) -> AsyncIterator[str]:
+        """The text of each event. A server that fails mid-stream ends the stream early (the headers are gone;
+        the client sees an incomplete stream, as it should)."""
         try:
-            return str(json.loads(raw)["error"]["message"])
-        except (ValueError, KeyError, TypeError):
-            return raw[:300] or response.reason_phrase
+            async for chunk in stream:
+                text = chunk.choices[0].text if chunk.choices else ""
+                if text:
+                    yield text
+        except (AttributeError, IndexError, TypeError) as error:
+            raise self._error(502, f"streamed an event that is not a completion chunk ({error})",
+                              "generator_bad_response") from None
+        except httpx.TransportError as error:
+            log.warning("generator %s: the stream ended early (%s)", self.cfg.url, type(error).__name__)
+
+    async def _create(self, prompt: str, model: str, max_tokens: int, stream: bool):
+        """One completion request; the client retries failed connections and 408/429/5xx answers itself."""
+        import openai
+
+        try:
+            return await self.client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens,
+                                                        temperature=0, stream=stream)
+        except openai.APITimeoutError:
+            raise self._error(504, f"did not answer within {self.cfg.timeout:g} s; raise --generator-timeout",
+                              "generator_timeout") from None
+        except openai.APIConnectionError as error:
+            cause = error.__cause__ or error
+            raise self._error(503, f"is unreachable ({type(cause).__name__}: {cause}); retry when it is back",
+                              "generator_unavailable") from None
+        except openai.APIStatusError as error:
+            detail = error.body.get("message") if isinstance(error.body, dict) else None
+            raise self._error(502, f"answered HTTP {error.status_code}: {detail or error.message}",
+                              "generator_error") from None
 
     def _error(self, status: int, what: str, code: str) -> GenerationError:
         return GenerationError(status, f"the generation server at {self.cfg.url} {what}", code)
 
     async def aclose(self) -> None:
         if self._client is not None:
-            await self._client.aclose()
+            await self._client.close()
