@@ -104,8 +104,8 @@ class RemoteConfig:
     unedited base; None: `model` for both). key: sent as a bearer token. timeout: seconds to connect and between
     bytes of an answer (a slow first token on a loaded GPU server is normal; 120 s). retries: further attempts
     after a failed connection or a 408/429/5xx answer, with the openai client's backoff (from 0.5 s, doubling; a
-    restarting server comes back in seconds). concurrency: requests in flight to the server at once (it batches them; 8 keeps a small server busy
-    without queueing there what we can queue here)."""
+    restarting server comes back in seconds). concurrency: requests in flight to the server at once (it batches
+    them; 8 keeps a small server busy without queueing there what we can queue here)."""
 
     url: str
     model: str
