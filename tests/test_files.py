@@ -43,3 +43,15 @@ def test_every_cache_and_resume_writer_goes_through_the_helper():
             if (in_place and "atomic_path" not in line or unguarded) and p.name != "files.py":
                 offenders.append(f"{p.relative_to(root)}:{i + 1}")
     assert offenders == []
+
+
+def test_results_files_write_this_machines_paths_as_the_variables_that_locate_them(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from lte.core.settings import Settings
+
+    monkeypatch.setenv("LTE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("LTE_DATASETS", str(tmp_path / "data"))
+    settings = Settings.from_env()
+    text = f"--model {tmp_path}/home/aligned --dataset {tmp_path}/data/x.json --out {Path.home()}/cells"
+    assert settings.portable(text) == "--model $LTE_HOME/aligned --dataset $LTE_DATASETS/x.json --out ~/cells"

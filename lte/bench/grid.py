@@ -138,7 +138,7 @@ def run_bench(cfg: BenchConfig, settings: Settings, progress: bool = True, comma
             continue  # cached: an interrupted bench continues where it stopped
         results[cell.key] = attempt(cell, cfg, settings, loaded, cases, results, progress, shared_references)
         results[cell.key].update(command=command, options=changed_options(cfg.configs[cell.editor]))
-        files.write_json(cells_dir / f"{cell.key}.json", results[cell.key])
+        files.write_text(cells_dir / f"{cell.key}.json", settings.portable(json.dumps(results[cell.key], indent=1)))
     return results
 
 

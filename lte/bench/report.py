@@ -251,26 +251,11 @@ def at_defaults(r: dict) -> bool:
         return False
 
 
-def portable(text: str, settings: Settings | None = None) -> str:
-    """`text` with this machine's locations written as the variables that locate them ($LTE_HOME, $LTE_DATASETS,
-    <site-packages>, ~), so reports read the same on every machine."""
-    import site
-
-    places = [(str(settings.home), "$LTE_HOME")] if settings else []
-    if settings and settings.datasets_dir:
-        places.append((str(Path(settings.datasets_dir).resolve()), "$LTE_DATASETS"))
-    places += [(p, "<site-packages>") for p in site.getsitepackages()] + [(str(Path.home()), "~")]
-    for place, name in sorted(places, key=lambda pair: -len(pair[0])):
-        if place not in ("", "/"):
-            text = text.replace(place, name)
-    return text
-
-
 def write_reports(results: dict[str, dict], cfg: BenchConfig, settings: Settings, command: Sequence[str],
                   notes: str = "", results_md: Path | None = None) -> None:
     """results.json and results.md in the bench folder; RESULTS.md: the headline, the reading (`notes`), every
     table, the plots, then where the cells came from."""
-    files.write_text(cfg.out / "results.json", portable(json.dumps(results, indent=1), settings))
+    files.write_text(cfg.out / "results.json", settings.portable(json.dumps(results, indent=1)))
     study = batch_table(results)
     tables = (f"### Quality (gen_acc / token_acc, prob_win in brackets)\n\n{quality_table(results)}\n\n"
               + (f"### Edit batch size (gen_acc)\n\n{study}\n\n" if study else "")
@@ -293,7 +278,7 @@ def write_reports(results: dict[str, dict], cfg: BenchConfig, settings: Settings
             f"Python {platform.python_version()}\n"
             f"- models ran on: {placements(results)}\n"
             f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}\n")
-    files.write_text(target, portable(text, settings))
+    files.write_text(target, settings.portable(text))
 
 
 def provenance(results: dict[str, dict], command: str) -> str:

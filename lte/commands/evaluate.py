@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 import time
 from pathlib import Path
@@ -72,5 +73,5 @@ def run(args, settings) -> int:
                   options=changed_options(options))
     print(format_table(report))
     if args.out:
-        files.write_json(Path(args.out), report, indent=2)
+        files.write_text(Path(args.out), settings.portable(json.dumps(report, indent=2)))
     return 0

@@ -6,15 +6,16 @@ field's declared type, so `--set layer=six` fails with the option's name before 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
-import types
 import typing
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, is_dataclass
-from pathlib import Path
 from typing import Any
+
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from lte.core.errors import ConfigError
 
@@ -59,37 +60,20 @@ def build_config(config_class: type, options: Mapping[str, Any], owner: str,
 
 
 def coerce(value: Any, kind: Any, where: str) -> Any:
-    """`value` as type `kind` (int, float, bool, str, Path, tuple[X, ...], X | None), or a ConfigError."""
-    origin, args = typing.get_origin(kind), typing.get_args(kind)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        for option in (a for a in args if a is not type(None)):
-            try:
-                return coerce(value, option, where)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{where}: expected {_type_name(kind)}, got {value!r}")
-    if origin is tuple:
-        items = value if isinstance(value, list) else [value]
-        return tuple(coerce(item, args[0], where) for item in items)
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-            return value.lower() in ("true", "yes", "1")
-    elif kind is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif kind is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif kind in (str, Path):
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return kind(str(value))
-    elif kind is Any:
-        return value
-    raise ConfigError(f"{where}: expected {_type_name(kind)}, got {value!r}")
+    """`value` as type `kind` (int, float, bool, str, Path, tuple[X, ...], X | None, ...), validated by pydantic in
+    its lax mode ("1" and "yes" are true, a JSON list is a tuple, a number is a string where a string is wanted),
+    or a ConfigError that names the option."""
+    try:
+        if isinstance(value, bool) and bool not in (kind, *typing.get_args(kind)):
+            raise ValidationError.from_exception_data("bool", [])  # `true` is not a number
+        return _adapter(kind).validate_python(value)
+    except ValidationError:
+        raise ConfigError(f"{where}: expected {_type_name(kind)}, got {value!r}") from None
+
+
+@functools.cache
+def _adapter(kind: Any) -> TypeAdapter:
+    return TypeAdapter(kind, config=ConfigDict(coerce_numbers_to_str=True))
 
 
 def _type_name(kind: Any) -> str:

@@ -53,6 +53,20 @@ class Settings:
             return self.datasets
         return next((Path(c) for c in DATASET_DIR_CANDIDATES if Path(c).is_dir()), None)
 
+    def portable(self, text: str) -> str:
+        """`text` with this machine's locations written as the variables that locate them ($LTE_HOME,
+        $LTE_DATASETS, <site-packages>, ~): results files read the same on every machine."""
+        import site
+
+        places = [(str(self.home), "$LTE_HOME"), (str(Path.home()), "~")]
+        if self.datasets_dir is not None:
+            places.append((str(Path(self.datasets_dir).resolve()), "$LTE_DATASETS"))
+        places += [(path, "<site-packages>") for path in site.getsitepackages()]
+        for place, name in sorted(places, key=lambda pair: -len(pair[0])):
+            if place not in ("", "/", "."):
+                text = text.replace(place, name)
+        return text
+
     @property
     def store_dir(self) -> Path:
         return self.store if self.store is not None else self.home / "store"
