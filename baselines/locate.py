@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from baselines.common import (
     PrefixCachedBatch,
@@ -194,14 +195,17 @@ def unedited_targets(loaded: LoadedModel, edits: Sequence[Edit], prefixes: Seque
                      home: Path) -> tuple[torch.Tensor, list[float]]:
     """`target_residuals` on the unedited model, through a per-edit cache next to the covariances: a target there
     depends only on the model, the edit and the optimisation's settings, so runs that differ only in the solve
-    (MEMIT's λ, AlphaEdit's null space) or re-run a cell optimise each δ once."""
+    (MEMIT's λ, AlphaEdit's null space) or re-run a cell optimise each δ once. Saved after every chunk of
+    `z_chunk` edits, so a long run that is interrupted resumes where it stopped (the chunks are the same)."""
     path = targets_path(loaded, cfg, home)
     cache: dict[str, tuple[torch.Tensor, float]] = torch.load(path) if path.is_file() else {}
     missing = list({edit_key(e): e for e in edits if edit_key(e) not in cache}.values())
-    if missing:
-        z, nlls = target_residuals(loaded, missing, prefixes, cfg)
-        cache.update({edit_key(e): (row.detach().cpu(), nll) for e, row, nll in zip(missing, z, nlls)})
-        with files.atomic_path(path) as tmp:
+    chunks = range(0, len(missing), cfg.z_chunk)
+    for start in tqdm(chunks, desc="targets", unit="chunk", disable=len(chunks) < 2):
+        chunk = missing[start:start + cfg.z_chunk]
+        z, nlls = target_residuals(loaded, chunk, prefixes, cfg)
+        cache.update({edit_key(e): (row.detach().cpu(), nll) for e, row, nll in zip(chunk, z, nlls)})
+        with files.atomic_path(path) as tmp:  # after every chunk: an interrupted run keeps what it optimised
             torch.save(cache, tmp)
     rows = [cache[edit_key(e)] for e in edits]
     return torch.stack([z for z, _ in rows]).to(loaded.model.device), [nll for _, nll in rows]

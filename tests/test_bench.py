@@ -128,7 +128,7 @@ def test_sequential_batch_cells_are_keyed_by_their_edit_batch(tmp_path):
         cell = json.loads((out / "cells" / f"context__toy__sequential-batch__3__b{size}.json").read_text())
         assert cell["edit_batch"] == size and cell["metrics_immediate"]["reliability"]["n"] == 3
     row = "| context | toy | sequential-batch of 2 | 3 |"
-    assert (out / "RESULTS.md").read_text().count(row) == 2  # the quality and the speed table
+    assert (out / "RESULTS.md").read_text().count(row) == 4  # the quality, papers', general and speed tables
     with pytest.raises(ConfigError, match="sequential-batch"):
         EvalConfig(mode="batch", edit_batch=2)
 
@@ -142,5 +142,9 @@ def test_the_batch_size_study_is_plotted_when_an_editor_ran_at_two_batch_sizes(t
     text = (out / "RESULTS.md").read_text()
     assert (out / "batches-toy-n3.png").is_file() and "batches-toy-n3" in text
     assert "## Edit batch size" in text
+    # every batch and sequential cell ends with the general probe; the report tables and plots it by edits applied
+    assert "### General ability after the edits" in text and (out / "general-toy.png").is_file()
+    assert "| none | toy | batch | 3 |" in text.split("### General ability", 1)[1]
+    assert "### The papers' metrics" in text
     for size in (1, 2, 3):  # sequential, sequential-batch of 2, batch of all 3 (a random model: only locality holds)
         assert f"| toy | 3 | none | {size} | 0.00 | 0.00 | 1.00 | 0.33 | 0.00 |" in text

@@ -23,7 +23,9 @@ def test_report_shape_and_locality_of_the_unedited_model_is_perfect(tiny, mode):
     json.dumps(report)
     assert set(report) >= {"editor", "model", "dataset", "mode", "n_cases", "metrics", "timing"}
     metrics = report["metrics"]
-    assert set(metrics) == {"reliability", "generalization", "locality", "fluency"}  # no portability probes
+    # No portability probes; the general probe runs where edits accumulate (not in single mode).
+    assert set(metrics) == {"reliability", "generalization", "locality", "fluency"} | (
+        set() if mode == "single" else {"general"})
     assert metrics["reliability"]["n"] == 3 and "prob_win" in metrics["reliability"]
     # The unedited model agrees with itself: locality is exactly 1 in every protocol.
     assert metrics["locality"]["token_acc"] == 1.0 and metrics["locality"]["gen_acc"] == 1.0
@@ -165,3 +167,37 @@ def test_retrieval_precision_and_recall_are_reported_for_retrieving_editors(tiny
     if "locality" in retrieval["facets"]:
         assert retrieval["facets"]["locality"]["rate"] <= 0.5
     assert "retrieval: precision" in format_table(report)
+
+
+class PrefersGoa(UneditedEditor):
+    """Scores 'Goa' above every other answer on every prompt: an edit that bled into its neighbours."""
+
+    name = "prefers-goa"
+
+    def score(self, queries, targets):
+        from lte.core.scoring import TargetScore
+
+        return [TargetScore((-1.0 if t == "Goa" else -5.0,), (t == "Goa",)) for t in targets]
+
+
+def neighbour_case():
+    edit = Edit(subject="Tower 0", prompt="Tower 0 is located in", target_new="Goa", target_true="Paris")
+    return EditCase.from_edits("0", [edit], paraphrases=[Probe("Where is Tower 0?", ("Goa",))],
+                               locality=[Probe("Tower 9 is located in", ("Paris",)), Probe("Who wrote it?", ("Ann",))])
+
+
+def test_papers_metrics_compare_the_new_and_the_true_object_in_both_directions(tiny):
+    from lte.core.harness import case_items
+
+    items = case_items(neighbour_case(), 0, {(0, 0): " Paris", (0, 1): " Ann"})
+    rivals = {(item.facet, item.query.prompt): (item.rivals, item.gold) for item in items}
+    assert rivals["reliability", "Tower 0 is located in"] == (("Goa", "Paris"), None)  # efficacy score
+    assert rivals["generalization", "Where is Tower 0?"] == (("Goa", "Paris"), None)  # paraphrase score
+    assert rivals["locality", "Tower 9 is located in"] == (("Paris", "Goa"), "Paris")  # neighbourhood score
+    assert rivals["locality", "Who wrote it?"] == (None, "Ann")  # no neighbourhood pair, but a dataset answer
+    cfg = EvalConfig(mode="batch", max_new_tokens=2, fluency_cases=0, progress=False, general=False)
+    metrics = evaluate(PrefersGoa(tiny), [neighbour_case()], UneditedEditor(tiny), cfg)["metrics"]
+    assert metrics["reliability"]["prob_win"] == 1.0 and metrics["generalization"]["prob_win"] == 1.0
+    locality = metrics["locality"]
+    assert locality["prob_win"] == 0.0  # 'Goa' beat 'Paris' on the neighbour: the edit leaked
+    assert "answer_token_acc" in locality and "general" not in metrics

@@ -125,6 +125,31 @@ def test_targets_on_the_unedited_model_are_cached_and_a_solve_change_reuses_them
     assert optimised == [1, 2]
 
 
+def test_an_interrupted_target_optimisation_keeps_the_chunks_it_finished(tiny, tmp_path, monkeypatch):
+    from baselines import locate
+    from baselines.memit import MEMITConfig
+
+    cfg = MEMITConfig(layers=(1, 2), prefixes=1, prefix_tokens=3, v_steps=2, z_chunk=1)
+    edits = [Edit(subject=f"Tower {i}", prompt=f"Tower {i} is located in", target_new="Goa") for i in range(3)]
+    real, calls = locate.target_residuals, []
+
+    def stopped_at_the_third_chunk(loaded, chunk, *args):
+        calls.append([e.subject for e in chunk])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(loaded, chunk, *args)
+
+    monkeypatch.setattr(locate, "target_residuals", stopped_at_the_third_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        locate.unedited_targets(tiny, edits, [""], cfg, tmp_path)
+    assert len(torch.load(locate.targets_path(tiny, cfg, tmp_path))) == 2  # two chunks saved before the stop
+    calls.clear()
+    monkeypatch.setattr(locate, "target_residuals",
+                        lambda loaded, chunk, *a: calls.append(chunk) or real(loaded, chunk, *a))
+    z, nlls = locate.unedited_targets(tiny, edits, [""], cfg, tmp_path)
+    assert [[e.subject for e in chunk] for chunk in calls] == [["Tower 2"]] and z.shape[0] == len(nlls) == 3
+
+
 @pytest.fixture(scope="module")
 def statistics_home(tmp_path_factory):
     """One cache for the three solvers: the covariance statistics are estimated once."""

@@ -21,6 +21,7 @@ from lte.core.catalog import dataset_path
 from lte.core.config import changed_options, options_tag
 from lte.core.datasets import load_cases
 from lte.core.errors import ConfigError, EditorUnavailableError
+from lte.core.general import general_reference
 from lte.core.harness import HARNESS_VERSION, EvalConfig, evaluate, locality_references
 from lte.core.models import LoadedModel, load_model
 from lte.core.settings import Settings
@@ -95,8 +96,9 @@ def estimate_seconds(cell: Cell, done: dict[str, dict]) -> float | None:
 
 def run_cell(cell: Cell, cfg: BenchConfig, settings: Settings, loaded: LoadedModel, cases, progress: bool,
              shared_references: dict) -> dict:
-    """One cell. The base model's locality references depend only on (dataset, n), so the first cell that needs
-    them computes them and later editors reuse them (same references for every editor, by construction)."""
+    """One cell. The base model's locality references depend only on (dataset, n), and its answers to the general
+    probe on nothing, so the first cell that needs them computes them and later editors reuse them (the same
+    references for every editor, by construction)."""
     start = time.time()
     editor = build_editor(cell.editor, settings, loaded, cfg.configs[cell.editor])
     reference_model = base_model_of(loaded, settings)
@@ -105,8 +107,10 @@ def run_cell(cell: Cell, cfg: BenchConfig, settings: Settings, loaded: LoadedMod
     key = (cell.dataset, cell.n, cell.scored)
     if key not in shared_references:
         shared_references[key] = locality_references(reference, cases[: cell.n], eval_cfg)
+    if cell.mode != "single" and "general" not in shared_references:
+        shared_references["general"] = general_reference(reference, eval_cfg.max_new_tokens)
     report = evaluate(editor, cases[: cell.n], reference, eval_cfg, dataset=cell.dataset,
-                      references=shared_references[key])
+                      references=shared_references[key], general=shared_references.get("general"))
     report["wall_s"] = round(time.time() - start, 1)
     return report
 

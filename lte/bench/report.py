@@ -108,6 +108,45 @@ def batch_table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def papers_table(results: dict[str, dict]) -> str:
+    """The papers' own metrics, ×100 as they print them, for every cell that has them: ROME's and MEMIT's
+    CounterFact efficacy, paraphrase and neighbourhood scores (prob_win on edit, paraphrase and neighbourhood
+    prompts) and MEMIT's ZsRE efficacy, paraphrase and specificity (token accuracy of the new target on edit and
+    paraphrase prompts, of the dataset's answer on locality prompts)."""
+    lines = ["| editor | dataset | mode | n | ES | PS | NS | efficacy (tokens) | paraphrase (tokens) "
+             "| specificity (tokens) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(measured(results), key=lambda r: (r["dataset"], r["n_cases"], editor_rank(editor_label(r)))):
+        m = r["metrics"]
+        values = [m.get("reliability", {}).get("prob_win"), m.get("generalization", {}).get("prob_win"),
+                  m.get("locality", {}).get("prob_win"), m.get("reliability", {}).get("token_acc"),
+                  m.get("generalization", {}).get("token_acc"), m.get("locality", {}).get("answer_token_acc")]
+        lines.append(f"| {editor_label(r)} | {r['dataset']} | {mode_label(r)} | {n_label(r)} | "
+                     + " | ".join("–" if v is None else f"{100 * v:.1f}" for v in values) + " |")
+    return "\n".join(lines)
+
+
+def general_table(results: dict[str, dict]) -> str:
+    """What each cell's edits cost the model elsewhere: the general probe's agreement with the unedited model and
+    the passage's perplexity (unedited in brackets), by edits applied. Empty when no cell ran the probe."""
+    rows = [r for r in measured(results) if "general" in r["metrics"]]
+    lines = ["| editor | dataset | mode | edits applied | agreement | token_acc | prompts | perplexity (unedited) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (editor_rank(editor_label(r)), r["dataset"], edits_applied(r))):
+        g = r["metrics"]["general"]
+        shares = " | ".join(f"{g[k]:.3f}" if k in g else "–" for k in ("agreement", "token_acc"))
+        lines.append(f"| {editor_label(r)} | {r['dataset']} | {mode_label(r)} | {edits_applied(r):,} | {shares} | "
+                     f"{g['n']} | {g['perplexity']:.2f} ({g['perplexity_unedited']:.2f}) |")
+    return "\n".join(lines) if rows else ""
+
+
+def measured(results: dict[str, dict]) -> list[dict]:
+    return [r for r in results.values() if "metrics" in r]
+
+
+def edits_applied(r: dict) -> int:
+    return r["n_cases"] + r.get("extra_edits", 0)
+
+
 def plot(results: dict[str, dict], out: Path) -> list[Path]:
     """Per dataset: gen_acc per facet per editor at each n two or more editors were run at (editors are only
     compared at equal n), and reliability against n."""
@@ -129,7 +168,39 @@ def plot(results: dict[str, dict], out: Path) -> list[Path]:
             same_n = [r for r in rows if r["n_cases"] == n]
             if (path := _plot_batches(same_n, out / f"batches-{dataset}-n{n}.png", f"{dataset}, n = {n}")):
                 paths.append(path)
+        if (path := _plot_general(rows, out / f"general-{dataset}.png", dataset)):
+            paths.append(path)
     return paths
+
+
+def _plot_general(rows: list[dict], path: Path, dataset: str) -> Path | None:
+    """Model damage: the general probe's agreement and the passage's perplexity against edits applied, one line per
+    editor and mode, each starting from the unedited model at 0 edits; drawn when some line has two points."""
+    import matplotlib.pyplot as plt
+
+    series: dict[str, list[tuple[int, dict]]] = {}
+    for r in rows:
+        if "general" in r["metrics"]:
+            label = f"{editor_label(r)}, {mode_label(r)}"
+            series.setdefault(label, []).append((edits_applied(r), r["metrics"]["general"]))
+    if not any(len(points) > 1 for points in series.values()) and len(series) < 2:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for label in sorted(series, key=editor_rank):
+        points = sorted(series[label], key=lambda point: point[0])
+        xs = [0] + [x for x, _ in points]
+        agreed = [(x, g["agreement"]) for x, g in points if "agreement" in g]
+        if agreed:
+            axes[0].plot(*zip((0, 1.0), *agreed), marker="o", label=label)
+        axes[1].plot(xs, [points[0][1]["perplexity_unedited"]] + [g["perplexity"] for _, g in points], marker="o",
+                     label=label)
+    for ax, name in zip(axes, ("agreement with the unedited model", "perplexity of the fixed passage")):
+        ax.set_xscale("symlog", linthresh=10)
+        ax.set_xlabel("edits applied")
+        ax.set_title(name)
+    axes[0].set_ylim(0, 1.05)
+    fig.suptitle(f"{dataset}: general ability against the number of edits")
+    return _save(fig, axes[-1], path)
 
 
 def edit_batch_of(r: dict) -> int | None:
@@ -256,8 +327,10 @@ def write_reports(results: dict[str, dict], cfg: BenchConfig, settings: Settings
     """results.json and results.md in the bench folder; RESULTS.md: the headline, the reading (`notes`), every
     table, the plots, then where the cells came from."""
     files.write_text(cfg.out / "results.json", settings.portable(json.dumps(results, indent=1)))
-    study = batch_table(results)
+    study, general = batch_table(results), general_table(results)
     tables = (f"### Quality (gen_acc / token_acc, prob_win in brackets)\n\n{quality_table(results)}\n\n"
+              f"### The papers' metrics (×100)\n\n{papers_table(results)}\n\n"
+              + (f"### General ability after the edits\n\n{general}\n\n" if general else "")
               + (f"### Edit batch size (gen_acc)\n\n{study}\n\n" if study else "")
               + f"### Speed\n\n{speed_table(results)}\n")
     files.write_text(cfg.out / "results.md", tables)

@@ -48,6 +48,9 @@ def register(commands) -> None:
                         help="an option of the editor's config, checked before the model loads, e.g. --set k=5 "
                         "--set scope=DIR or gate=FILE (lte), --set layer=6 (rome, grace), --set checkpoint=FILE (ke); "
                         "repeatable")
+    parser.add_argument("--no-general", action="store_true",
+                        help="skip the general-ability probe that batch and sequential runs end with (195 prompts "
+                        "and a fixed passage scored with every edit applied, against the unedited model)")
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(handler=run)
 
@@ -55,7 +58,7 @@ def register(commands) -> None:
 def run(args, settings) -> int:
     cfg = EvalConfig(mode=args.mode, limit=args.limit, max_new_tokens=args.max_new_tokens,
                      fluency_cases=args.fluency_cases, score_sample=args.score_sample, seed=args.seed,
-                     progress=not args.no_progress, edit_batch=args.edit_batch)
+                     progress=not args.no_progress, edit_batch=args.edit_batch, general=not args.no_general)
     if args.extra_edits and args.mode == "single":
         raise ConfigError("--extra-edits needs --mode batch or sequential (single mode restores after every case)")
     options = editor_config(args.editor, parse_pairs(args.set))  # a wrong --set fails before anything loads

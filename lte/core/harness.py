@@ -3,7 +3,11 @@
 Facets: reliability (the edit's own prompt), generalization (paraphrases), locality (unrelated prompts, scored as
 agreement with the *unedited base model's* greedy answer), portability (multi-hop / reasoning prompts).
 Protocols: token_acc (teacher-forced target-token accuracy), gen_acc (greedy generation contains an answer) and,
-where a true object is known, prob_win (mean log-prob of the new target beats the old one).
+where a true object is known, prob_win (the papers' probability comparison: on edit and paraphrase prompts the new
+target's mean log-prob beats the old one's, ROME's and MEMIT's efficacy and paraphrase scores; on CounterFact's
+neighbourhood prompts the old one beats the new, their neighbourhood score). Locality prompts with a dataset answer
+also get answer_token_acc (MEMIT's ZsRE specificity). After batch and sequential runs, the general-ability probe
+(`lte.core.general`) says what the edits cost the model elsewhere.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from tqdm.auto import tqdm
 from lte.core.config import config_dict
 from lte.core.editor import Editor, Query
 from lte.core.errors import ConfigError
+from lte.core.general import GeneralReference, general_reference, score_general
 from lte.core.metrics import (
     FacetTally,
     RetrievalTally,
@@ -28,7 +33,8 @@ from lte.core.metrics import (
     normalize,
 )
 from lte.core.models import model_identity
-from lte.core.schema import FACETS, Edit, EditCase
+from lte.core.schema import FACETS, Edit, EditCase, Probe
+from lte.core.scoring import TargetScore
 
 MODES = ("single", "batch", "sequential", "sequential-batch")
 # Bumped whenever a change alters what a metric measures, so cached results from older harnesses are not mixed
@@ -47,6 +53,8 @@ class EvalConfig:
     fluency_cases / fluency_tokens: how many rewrite prompts get a long generation for n-gram entropy.
     score_sample: apply every case's edits but score only this many cases, drawn with `seed` (mass editing at a
     cost this CPU can afford: 10,000 stored, 500 scored). None scores them all.
+    general: run the general-ability probe after batch and sequential runs (`lte.core.general`; single mode
+    restores after every case, so there is nothing accumulated to probe).
     """
 
     mode: str = "single"
@@ -58,6 +66,7 @@ class EvalConfig:
     seed: int = 0
     progress: bool = True
     edit_batch: int | None = None
+    general: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -78,14 +87,16 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class Item:
-    """One probe ready to score: the query, the target to teacher-force, answers for gen_acc, and the old
-    target for prob_win."""
+    """One probe ready to score: the query, the target to teacher-force, answers for gen_acc; `rivals`, for
+    prob_win, the answer that should win and the one it should beat; `gold`, for answer_token_acc, the dataset's own
+    answer to a locality prompt."""
 
     facet: str
     query: Query
     target: str
     answers: tuple[str, ...]
-    true_target: str | None = None
+    rivals: tuple[str, str] | None = None
+    gold: str | None = None
 
 
 @dataclass
@@ -141,18 +152,33 @@ def case_items(case: EditCase, index: int, references: dict[tuple[int, int], str
     def query(prompt: str) -> Query:
         return Query(prompt, case.edits)
 
+    def new_over_true(target: str, edit: Edit | None) -> tuple[str, str] | None:
+        return (target, edit.target_true) if edit is not None and edit.target_true else None
+
+    single = case.edit if len(case.edits) == 1 else None
     items = []
     for probe, edit in zip(case.rewrite, case.edits):
-        items.append(Item("reliability", query(probe.prompt), probe.answers[0], probe.answers, edit.target_true))
+        items.append(Item("reliability", query(probe.prompt), probe.answers[0], probe.answers,
+                          new_over_true(probe.answers[0], edit)))
     for probe in case.paraphrases:
         items.append(Item("generalization", query(probe.prompt), probe.answers[0], probe.answers,
-                          case.edit.target_true if len(case.edits) == 1 else None))
+                          new_over_true(probe.answers[0], single)))
     for p, probe in enumerate(case.locality):
         if (index, p) in references:
             answer = references[(index, p)]
-            items.append(Item("locality", query(probe.prompt), answer, (answer,)))
+            items.append(Item("locality", query(probe.prompt), answer, (answer,), neighbourhood(probe, single),
+                              probe.answer))
     items += [Item("portability", query(p.prompt), p.answers[0], p.answers) for p in case.portability if p.answers]
     return items
+
+
+def neighbourhood(probe: Probe, edit: Edit | None) -> tuple[str, str] | None:
+    """(true, new) for a CounterFact neighbourhood prompt: another subject with the edit's relation and old object,
+    whose answer should stay the old object (ROME's and MEMIT's neighbourhood score). None for other locality
+    prompts (ZsRE's unrelated questions have no such pair)."""
+    if edit is None or not edit.target_true or probe.answer != edit.target_true:
+        return None
+    return (edit.target_true, edit.target_new)
 
 
 # ---------------------------------------------------------------- scoring
@@ -163,19 +189,30 @@ def score_items(editor: Editor, items: Sequence[Item], cfg: EvalConfig, tallies:
         return
     start = time.perf_counter()
     queries = [item.query for item in items]
-    new_scores = editor.score(queries, [item.target for item in items])
-    with_true = [i for i, item in enumerate(items) if item.true_target]
-    true_scores = dict(zip(with_true, editor.score([queries[i] for i in with_true],
-                                                   [items[i].true_target for i in with_true])))
+    target_scores = editor.score(queries, [item.target for item in items])
+    other = other_scores(editor, items, target_scores)
     generations = editor.generate(queries, cfg.max_new_tokens)
     clock.query_s += time.perf_counter() - start
     clock.queries += len(items)
     passed = editor.passed_edits(queries)
     for item, ids in zip(items, passed or []):
         tallies.retrieval.add(item.facet, {edit.id for edit in item.query.case_edits}, ids)
-    for i, (item, score, generation) in enumerate(zip(items, new_scores, generations)):
-        win = score.mean_logprob > true_scores[i].mean_logprob if i in true_scores else None
-        tallies.facets[item.facet].add(score.token_acc, contains_answer(generation, item.answers), win)
+    for i, (item, score, generation) in enumerate(zip(items, target_scores, generations)):
+        win = other[i, item.rivals[0]].mean_logprob > other[i, item.rivals[1]].mean_logprob if item.rivals else None
+        gold = other[i, item.gold].token_acc if item.gold else None
+        tallies.facets[item.facet].add(score.token_acc, contains_answer(generation, item.answers), win, gold)
+
+
+def other_scores(editor: Editor, items: Sequence[Item],
+                 target_scores: Sequence[TargetScore]) -> dict[tuple[int, str], TargetScore]:
+    """The scores of every item's rivals and gold answer, keyed by (item, answer): the target's own score is
+    reused, the rest are scored in one call."""
+    known = {(i, item.target): score for i, (item, score) in enumerate(zip(items, target_scores))}
+    wanted = list(dict.fromkeys((i, text) for i, item in enumerate(items)
+                                for text in (*(item.rivals or ()), *((item.gold,) if item.gold else ()))
+                                if (i, text) not in known))
+    scored = editor.score([items[i].query for i, _ in wanted], [text for _, text in wanted]) if wanted else []
+    return known | dict(zip(wanted, scored))
 
 
 FLUENCY_PROMPT = "What do you know about {}?"
@@ -198,7 +235,8 @@ def timed_apply(editor: Editor, edits: Sequence[Edit], clock: Clock) -> None:
 # ---------------------------------------------------------------- modes
 
 def run_single(editor: Editor, cases: Sequence[EditCase], refs: dict, cfg: EvalConfig, clock: Clock,
-               extra: Sequence[Edit]) -> dict:
+               extra: Sequence[Edit], general: GeneralReference | None = None) -> dict:
+    """One case at a time, restored after each: nothing accumulates, so the general probe does not run."""
     if extra:
         raise ConfigError("extra edits need --mode batch or sequential: single mode restores after every case")
     tallies = Tallies()
@@ -212,16 +250,18 @@ def run_single(editor: Editor, cases: Sequence[EditCase], refs: dict, cfg: EvalC
 
 
 def run_batch(editor: Editor, cases: Sequence[EditCase], refs: dict, cfg: EvalConfig, clock: Clock,
-              extra: Sequence[Edit]) -> dict:
-    timed_apply(editor, list(extra) + [edit for case in cases for edit in case.edits], clock)
+              extra: Sequence[Edit], general: GeneralReference | None = None) -> dict:
+    edits = list(extra) + [edit for case in cases for edit in case.edits]
+    timed_apply(editor, edits, clock)
     tallies = _score_all(editor, cases, refs, cfg, clock, desc="batch: scoring")
+    metrics = tallies.summary() | probe_general(editor, general, edits, cfg)
     stats = editor.stats()
     editor.restore()
-    return {"metrics": tallies.summary(), **tallies.retrieval_report(), "editor_stats": stats}
+    return {"metrics": metrics, **tallies.retrieval_report(), "editor_stats": stats}
 
 
 def run_sequential(editor: Editor, cases: Sequence[EditCase], refs: dict, cfg: EvalConfig, clock: Clock,
-                   extra: Sequence[Edit]) -> dict:
+                   extra: Sequence[Edit], general: GeneralReference | None = None) -> dict:
     """Extra edits go in first, in one call; then the edits of `edit_batch` cases (one in sequential mode) per
     call, one call after another, the reliability of each call's scored cases checked right after it."""
     if extra:
@@ -234,10 +274,19 @@ def run_sequential(editor: Editor, cases: Sequence[EditCase], refs: dict, cfg: E
                    if item.facet == "reliability"]
         score_items(editor, rewrite, cfg, immediate, Clock())
     tallies = _score_all(editor, cases, refs, cfg, clock, desc=f"{cfg.mode}: scoring")
+    metrics = tallies.summary() | probe_general(editor, general, [*extra, *(e for c in cases for e in c.edits)], cfg)
     stats = editor.stats()
     editor.restore()
-    return {"metrics": tallies.summary(), "metrics_immediate": immediate.summary(),
+    return {"metrics": metrics, "metrics_immediate": immediate.summary(),
             **tallies.retrieval_report(), "editor_stats": stats}
+
+
+def probe_general(editor: Editor, general: GeneralReference | None, edits: Sequence[Edit], cfg: EvalConfig) -> dict:
+    """{"general": ...}: the general-ability probe with every edit applied, prompts about an edited subject left
+    out; nothing when the probe is off."""
+    if general is None:
+        return {}
+    return {"general": score_general(editor, general, [edit.subject for edit in edits], cfg.max_new_tokens)}
 
 
 def _score_all(editor: Editor, cases: Sequence[EditCase], refs: dict, cfg: EvalConfig, clock: Clock,
@@ -256,15 +305,18 @@ RUNNERS: dict[str, Callable[..., dict]] = {"single": run_single, "batch": run_ba
 
 def evaluate(editor: Editor, cases: Sequence[EditCase], reference: Editor, cfg: EvalConfig,
              dataset: str = "", references: dict[tuple[int, int], str] | None = None,
-             extra_edits: Sequence[Edit] = ()) -> dict:
-    """Run one evaluation and return the report (see README for its JSON shape). `references`: locality
-    references already computed by `locality_references` for these cases (a bench shares them between editors).
-    `extra_edits` are applied before the cases' edits and never scored (a large store around the scored cases)."""
+             extra_edits: Sequence[Edit] = (), general: GeneralReference | None = None) -> dict:
+    """Run one evaluation and return the report (see docs/evaluation.md for its JSON shape). `references`:
+    locality references already computed by `locality_references` for these cases, `general` the unedited model on
+    the general probe (`general_reference`; a bench shares both between editors). `extra_edits` are applied before
+    the cases' edits and never scored (a large store around the scored cases)."""
     torch.manual_seed(cfg.seed)
     cases = list(cases[: cfg.limit] if cfg.limit else cases)
     refs = references if references is not None else locality_references(reference, cases, cfg)
+    if cfg.general and cfg.mode != "single" and general is None:
+        general = general_reference(reference, cfg.max_new_tokens)
     clock = Clock()
-    result = RUNNERS[cfg.mode](editor, cases, refs, cfg, clock, extra_edits)
+    result = RUNNERS[cfg.mode](editor, cases, refs, cfg, clock, extra_edits, general if cfg.general else None)
     return {"editor": editor.name, "editor_config": config_dict(editor.config), "model": editor.model_name,
             "model_identity": model_identity(editor.model_name), "placement": editor.placement,
             "dataset": dataset, "mode": cfg.mode, **({"edit_batch": cfg.edit_batch} if cfg.edit_batch else {}),
@@ -287,6 +339,12 @@ def format_table(report: dict) -> str:
             lines.append(f"{facet:<16}{m['token_acc']:>10.3f}{m['gen_acc']:>10.3f}{win:>10}{m['n']:>7}")
     if "fluency" in report["metrics"]:
         lines.append(f"{'fluency':<16}{report['metrics']['fluency']['ngram_entropy']:>10.3f}")
+    if "general" in report["metrics"]:
+        g = report["metrics"]["general"]
+        asked = (f"agreement {g['agreement']:.3f} (token_acc {g['token_acc']:.3f}, n {g['n']})" if g["n"]
+                 else "no prompt")
+        lines.append(f"general probe: {asked}, perplexity {g['perplexity']:.2f} "
+                     f"(unedited {g['perplexity_unedited']:.2f})")
     for facet, m in report.get("metrics_immediate", {}).items():
         lines.append(f"{facet + ' (at edit)':<16}{m['token_acc']:>10.3f}{m['gen_acc']:>10.3f}")
     if "retrieval" in report:

@@ -37,27 +37,36 @@ def ngram_entropy(text: str, ns: Sequence[int] = (2, 3), weights: Sequence[float
 
 @dataclass
 class FacetTally:
-    """Accumulates one facet's per-probe results; `summary` averages them."""
+    """Accumulates one facet's per-probe results; `summary` averages them. prob_win: where the probe names two
+    answers to compare (the papers' efficacy, paraphrase and neighbourhood scores); answer_token_acc: token accuracy
+    of the dataset's own answer to a locality prompt (MEMIT's ZsRE specificity)."""
 
     token_acc: list[float] = field(default_factory=list)
     gen_acc: list[float] = field(default_factory=list)
     prob_win: list[float] = field(default_factory=list)
+    answer_token_acc: list[float] = field(default_factory=list)
 
-    def add(self, token_acc: float, gen_acc: bool, prob_win: bool | None = None) -> None:
+    def add(self, token_acc: float, gen_acc: bool, prob_win: bool | None = None,
+            answer_token_acc: float | None = None) -> None:
         self.token_acc.append(token_acc)
         self.gen_acc.append(float(gen_acc))
         if prob_win is not None:
             self.prob_win.append(float(prob_win))
+        if answer_token_acc is not None:
+            self.answer_token_acc.append(answer_token_acc)
 
     def summary(self) -> dict[str, float | int]:
-        result: dict[str, float | int] = {"token_acc": _mean(self.token_acc), "gen_acc": _mean(self.gen_acc)}
+        result: dict[str, float | int] = {"token_acc": mean(self.token_acc), "gen_acc": mean(self.gen_acc)}
         if self.prob_win:
-            result["prob_win"] = _mean(self.prob_win)
+            result["prob_win"] = mean(self.prob_win)
+        if self.answer_token_acc:
+            result["answer_token_acc"] = mean(self.answer_token_acc)
         result["n"] = len(self.token_acc)
         return result
 
 
-def _mean(values: Sequence[float]) -> float:
+def mean(values: Sequence[float]) -> float:
+    """The average to four decimals (0.0 for none), as every report writes it."""
     return round(sum(values) / len(values), 4) if values else 0.0
 
 
@@ -88,7 +97,7 @@ class RetrievalTally:
 
     def summary(self) -> dict:
         in_scope = [ok for facet in IN_SCOPE for ok in self.right.get(facet, [])]
-        return {"precision": _mean([1.0] * self.true_passes + [0.0] * self.false_passes),
-                "recall": _mean([float(ok) for ok in in_scope]),
-                "facets": {facet: {"rate": _mean([float(ok) for ok in oks]), "n": len(oks)}
+        return {"precision": mean([1.0] * self.true_passes + [0.0] * self.false_passes),
+                "recall": mean([float(ok) for ok in in_scope]),
+                "facets": {facet: {"rate": mean([float(ok) for ok in oks]), "n": len(oks)}
                            for facet, oks in self.right.items()}}
