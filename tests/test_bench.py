@@ -62,6 +62,9 @@ def test_cells_over_budget_are_skipped_with_the_estimate():
     done = {"a": {"editor": "rome", "n_cases": 10, "wall_s": 100.0}}
     cell = bench.Cell("rome", "cf", "sequential", 1000)
     assert bench.estimate_seconds(cell, done) == 10000.0
+    # editing grows with the edits, scoring with the cases scored: 10 s/edit × 1,000 + 50 s × 200/10 scored
+    timed = {"a": {"editor": "memit", "n_cases": 10, "scored_cases": 10, "wall_s": 150.0, "timing": {"edit_s": 10.0}}}
+    assert bench.estimate_seconds(bench.Cell("memit", "cf", "batch", 1000, scored=200), timed) == 10000.0 + 1000.0
     result = bench.attempt(cell, bench.BenchConfig(budget_s=600), None, None, [], done, progress=False,
                            shared_references={})
     assert result["skipped"].startswith("estimated 10000 s > budget 600 s")

@@ -287,3 +287,5 @@ def test_bad_request_bodies_name_the_field_and_are_in_the_openapi_schema(server)
     schema = httpx.get(base + "/openapi.json").json()
     body = schema["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert "messages" in body["properties"]
+    edits = schema["paths"]["/v1/edits"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert "target_new" in edits["$defs"]["EditRecord"]["properties"]

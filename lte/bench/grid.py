@@ -86,12 +86,20 @@ class Cell:
 
 
 def estimate_seconds(cell: Cell, done: dict[str, dict]) -> float | None:
-    """Seconds a cell would take, extrapolated linearly from the largest finished cell of the same editor."""
+    """Seconds a cell would take, from the largest finished cell of the same editor: its editing time (seconds per
+    edit × edits) grows with the edits applied, the rest of its wall time (scoring, references, loading) with the
+    cases scored, so a cell of 1,000 edits with 200 scored is not priced as 1,000 scored. Of the largest cells, the
+    slowest at the editor's defaults (a sweep's cells may have reused cached targets): an estimate errs long."""
     same = [r for r in done.values() if r.get("editor") == cell.editor and "wall_s" in r]
     if not same:
         return None
-    largest = max(same, key=lambda r: r["n_cases"])
-    return largest["wall_s"] * cell.n / max(largest["n_cases"], 1)
+    top = [r for r in same if r["n_cases"] == max(r["n_cases"] for r in same)]
+    largest = max([r for r in top if not r.get("options")] or top, key=lambda r: r["wall_s"])
+    edits = largest["n_cases"] + largest.get("extra_edits", 0)
+    editing = largest.get("timing", {}).get("edit_s", 0.0) * edits
+    rest = max(largest["wall_s"] - editing, 0.0)
+    scored = largest.get("scored_cases", largest["n_cases"])
+    return editing * cell.n / max(edits, 1) + rest * (cell.scored or cell.n) / max(scored, 1)
 
 
 def run_cell(cell: Cell, cfg: BenchConfig, settings: Settings, loaded: LoadedModel, cases, progress: bool,

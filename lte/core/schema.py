@@ -1,7 +1,8 @@
 """The records lte works with: an `Edit` (one new fact) and an `EditCase` (an edit plus the prompts that test it).
 
-Both validate on construction from dicts and raise `SchemaError` naming where the bad value came from
-(file, line or record, and field), so a user can fix the input without guessing.
+An edit's fields are checked by one pydantic model, `EditRecord`, whether the edit comes from a file, an HTTP body or
+code; a bad value raises `SchemaError` naming where it came from (file, line or record) and the field, so a user
+can fix the input without guessing.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError
 
 from lte.core.errors import SchemaError
 
@@ -37,15 +40,6 @@ def _text(record: Mapping[str, Any], key: str, where: str, required: bool = True
     return value.strip()
 
 
-def _texts(record: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
-    value = record.get(key) or ()
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-        raise _fail(where, key, "must be a string or a list of strings")
-    return tuple(v.strip() for v in value if v.strip())
-
-
 def relation_template(subject: str, prompt: str) -> str:
     """The prompt with its subject replaced by '{}', e.g. '{} is located in': the relation an edit changes."""
     pattern = re.compile(re.escape(subject), re.IGNORECASE)
@@ -58,12 +52,94 @@ def relation_template(subject: str, prompt: str) -> str:
 LIMITS = {"subject": 300, "prompt": 1000, "target_new": 2000, "target_true": 2000, "statement": 4000,
           "relation": 1000, "paraphrase": 1000, "source": 300, "id": 200, "metadata": 10_000}
 MAX_PARAPHRASES = 20
-TEXT_FIELDS = ("subject", "prompt", "target_new", "target_true", "statement", "relation", "source", "id")
 
 
 def nfc(text: str) -> str:
     """One spelling per text: 'Zoë' typed with a combining diaeresis (NFD) and precomposed (NFC) are one subject."""
     return unicodedata.normalize("NFC", text)
+
+
+def _blank_is_none(value: Any) -> Any:
+    return None if value is None or (isinstance(value, str) and not value.strip()) else value
+
+
+def _names_something(subject: str) -> str:
+    if not re.search(r"\w", subject):
+        raise ValueError("must contain a letter or digit")
+    return subject
+
+
+def _one_or_many(value: Any) -> Any:
+    """A paraphrase may come as one string; none as null."""
+    return () if value is None else (value,) if isinstance(value, str) else value
+
+
+def _json_size(metadata: dict[str, Any]) -> dict[str, Any]:
+    if len(json.dumps(metadata, ensure_ascii=False, default=str)) > LIMITS["metadata"]:
+        raise ValueError(f"is over {LIMITS['metadata']} characters as JSON")
+    return metadata
+
+
+def _field_text(name: str, required: bool = True):
+    """A text field: stripped, NFC, at most LIMITS[name] characters; optional ones take a blank as absent."""
+    text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=LIMITS[name]),
+                     AfterValidator(nfc)]
+    return text if required else Annotated[text | None, BeforeValidator(_blank_is_none)]
+
+
+Paraphrase = Annotated[str, StringConstraints(strip_whitespace=True, max_length=LIMITS["paraphrase"]),
+                       AfterValidator(nfc)]
+
+
+class EditRecord(BaseModel):
+    """An edit's fields as they arrive, checked in one place (see `Edit` for their meaning). Unknown keys are
+    ignored, so dataset records with extra columns load."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    subject: Annotated[_field_text("subject"), AfterValidator(_names_something)]
+    prompt: _field_text("prompt")
+    target_new: _field_text("target_new")
+    target_true: _field_text("target_true", required=False) = None
+    statement: _field_text("statement", required=False) = None
+    relation: _field_text("relation", required=False) = None
+    paraphrases: Annotated[tuple[Paraphrase, ...], BeforeValidator(_one_or_many), Field(max_length=MAX_PARAPHRASES),
+                           AfterValidator(lambda items: tuple(item for item in items if item))] = ()
+    source: _field_text("source", required=False) = None
+    created_at: str | None = None
+    metadata: Annotated[dict[str, Any], BeforeValidator(lambda value: {} if value is None else value),
+                        AfterValidator(_json_size)] = Field(default_factory=dict)
+    id: _field_text("id", required=False) = None
+
+
+REQUIRED = "is required and must be a non-empty string"
+OPTIONAL = ("target_true", "source")  # absent is None; the other optional texts are derived when absent ("")
+
+
+def schema_error(where: str, error: ValidationError) -> SchemaError:
+    """The first problem of a pydantic error, in lte's words: `where: field 'statement': is 4100 characters; the
+    limit is 4000`."""
+    item = error.errors()[0]
+    name = item["loc"][0] if item["loc"] else "record"
+    index = item["loc"][1] if len(item["loc"]) > 1 and isinstance(item["loc"][1], int) else None
+    value, kind, context = item.get("input"), item["type"], item.get("ctx", {})
+    if name == "paraphrases" and (kind in ("tuple_type", "list_type") or kind == "string_type" and index is not None):
+        return _fail(where, name, "must be a string or a list of strings")
+    if kind == "missing" or kind == "string_too_short" or (kind == "string_type" and value is None):
+        problem = REQUIRED
+    elif kind == "string_type":
+        problem = f"must be a string, got {type(value).__name__}"
+    elif kind == "string_too_long":
+        problem = f"is {len(value)} characters; the limit is {context['max_length']}"
+    elif kind == "too_long":
+        problem = f"has {len(value)} entries; the limit is {context['max_length']}"
+    elif kind == "dict_type":
+        problem = "must be an object"
+    elif kind == "value_error":
+        problem = str(context.get("error", item["msg"]))
+    else:
+        problem = item["msg"]
+    return _fail(where, f"{name}[{index}]" if index is not None else str(name), problem)
 
 
 @dataclass(frozen=True)
@@ -95,17 +171,14 @@ class Edit:
     id: str = ""
 
     def __post_init__(self) -> None:
-        where = f"edit {self.id}" if self.id else ""  # from_dict adds the file and line
-        for name in ("subject", "prompt", "target_new"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value.strip():
-                raise _fail(where, name, "is required and must be a non-empty string")
-        # Frozen dataclass: normalised text and derived defaults are set through object.__setattr__.
-        for name in TEXT_FIELDS:
-            if isinstance(getattr(self, name), str):
-                object.__setattr__(self, name, nfc(getattr(self, name)))
-        object.__setattr__(self, "paraphrases", tuple(nfc(p) for p in self.paraphrases))
-        self._check_limits(where)
+        where = f"edit {self.id}" if isinstance(self.id, str) and self.id.strip() else ""  # from_dict adds the file
+        try:
+            record = EditRecord.model_validate({name: getattr(self, name) for name in EditRecord.model_fields})
+        except ValidationError as error:
+            raise schema_error(where, error) from None
+        # Frozen dataclass: the checked, normalised values and derived defaults are set through object.__setattr__.
+        for name, value in record:
+            object.__setattr__(self, name, value if value is not None or name in OPTIONAL else "")
         if not self.statement:
             object.__setattr__(self, "statement", default_statement(self.prompt, self.target_new))
         if not self.relation:
@@ -114,22 +187,6 @@ class Edit:
             object.__setattr__(self, "id", content_id(self.subject, self.prompt, self.target_new))
         if not self.created_at:
             object.__setattr__(self, "created_at", datetime.now(UTC).isoformat(timespec="seconds"))
-
-    def _check_limits(self, where: str) -> None:
-        if not re.search(r"\w", self.subject):
-            raise _fail(where, "subject", "must contain a letter or digit")
-        for name in TEXT_FIELDS:
-            value = getattr(self, name)
-            if isinstance(value, str) and len(value) > LIMITS[name]:
-                raise _fail(where, name, f"is {len(value)} characters; the limit is {LIMITS[name]}")
-        if len(json.dumps(dict(self.metadata), ensure_ascii=False, default=str)) > LIMITS["metadata"]:
-            raise _fail(where, "metadata", f"is over {LIMITS['metadata']} characters as JSON")
-        if len(self.paraphrases) > MAX_PARAPHRASES:
-            raise _fail(where, "paraphrases", f"has {len(self.paraphrases)} entries; the limit is {MAX_PARAPHRASES}")
-        for i, text in enumerate(self.paraphrases):
-            if len(text) > LIMITS["paraphrase"]:
-                raise _fail(where, f"paraphrases[{i}]", f"is {len(text)} characters; the limit is "
-                            f"{LIMITS['paraphrase']}")
 
     def same_content(self, other: Edit) -> bool:
         """Whether two edits say the same thing (ids aside): a stored id may only come back with its own content."""
@@ -145,26 +202,11 @@ class Edit:
     def from_dict(cls, record: Mapping[str, Any], where: str = "") -> Edit:
         if not isinstance(record, Mapping):
             raise SchemaError(f"{where}: expected a JSON object, got {type(record).__name__}")
-        metadata = record.get("metadata") or {}
-        if not isinstance(metadata, Mapping):
-            raise _fail(where, "metadata", "must be an object")
-        prompt = _text(record, "prompt", where)
         try:
-            return cls(
-                subject=_text(record, "subject", where),
-                prompt=prompt,
-                target_new=_text(record, "target_new", where),
-                target_true=_text(record, "target_true", where, required=False),
-                statement=_text(record, "statement", where, required=False) or "",
-                relation=_text(record, "relation", where, required=False) or "",
-                paraphrases=_texts(record, "paraphrases", where),
-                source=_text(record, "source", where, required=False),
-                created_at=_text(record, "created_at", where, required=False) or "",
-                metadata=dict(metadata),
-                id=_text(record, "id", where, required=False) or "",
-            )
-        except SchemaError as error:  # a check of the constructed edit: name where the record came from
-            raise error if not where or str(error).startswith(where) else SchemaError(f"{where}: {error}") from None
+            checked = EditRecord.model_validate(record)
+        except ValidationError as error:
+            raise schema_error(where, error) from None
+        return cls(**{name: value for name, value in checked if value is not None})
 
     def to_dict(self) -> dict[str, Any]:
         record = asdict(self)

@@ -117,7 +117,8 @@ class ModelRunner:
         texts: list[str] = [""] * len(prompts)
         for rows in length_batches(lengths, self.batch_size):
             batch = self.tokenizer([prompts[i] for i in rows], add_special_tokens=False,
-                                   padding=True, padding_side="left", return_tensors="pt").to(self.device)
+                                   padding=True, padding_side="left", return_tensors="pt",
+                                   return_token_type_ids=False).to(self.device)  # transformers 4.56 refuses them
             with self.context():
                 output = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
                                              pad_token_id=self.tokenizer.pad_token_id)

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, field_validator
+
+from lte.core.schema import EditRecord
 
 
 class TextPart(BaseModel):
@@ -67,6 +69,15 @@ class SearchRequest(BaseModel):
         if not value.strip():
             raise ValueError("must be a non-empty string")
         return value
+
+
+class EditBatch(BaseModel):
+    edits: list[EditRecord] = Field(min_length=1)
+
+
+class EditsRequest(RootModel[EditRecord | list[EditRecord] | EditBatch]):
+    """`POST /v1/edits`: one edit, a list of them, or {"edits": [...]}. Its schema is published; the edits are
+    checked by `Edit.from_dict` (the same `EditRecord`), so an error names the edit: `edits[2]: field 'prompt': ...`."""
 
 
 def problem(error: ValidationError) -> str:

@@ -44,7 +44,7 @@ from lte.core.errors import InputError, SchemaError
 from lte.core.schema import Edit
 from lte.core.scoring import Completion
 from lte.method.editor import EditRetrieval, LTEEditor
-from lte.serving.bodies import ChatRequest, CompletionRequest, SearchRequest, problem
+from lte.serving.bodies import ChatRequest, CompletionRequest, EditsRequest, SearchRequest, problem
 from lte.serving.generation import GenerationError, LocalGeneration, RemoteGeneration
 from retrieval.store import Hit
 
@@ -351,7 +351,7 @@ async def completions(request: Request, service: Service = Depends(service_of)):
     return completion_body("text", service, await service.complete(request, prompt, model, max_tokens), hits)
 
 
-@api.post("/edits")
+@api.post("/edits", openapi_extra=schema(EditsRequest))
 async def add_edits(request: Request, service: Service = Depends(service_of)):
     edits = parse_edits(await json_body(request))
 
