@@ -217,12 +217,14 @@ class ForgetfulEditor(Editor):
 EXPECTED_CALLS = {
     "single": ["apply Needle", "score", "generate", "restore", "apply Darrieux", "score", "generate", "restore",
                "apply Rocard", "score", "generate", "restore"],
-    "batch": ["apply Needle,Darrieux,Rocard", "score", "generate", "restore"],
+    "batch": ["apply Needle,Darrieux,Rocard", "score", "generate", "score", "restore"],
     "sequential": ["apply Needle", "score", "generate", "apply Darrieux", "score", "generate", "apply Rocard",
-                   "score", "generate", "score", "generate", "restore"],
+                   "score", "generate", "score", "generate", "score", "restore"],
     "sequential-batch": ["apply Needle,Darrieux", "score", "generate", "apply Rocard", "score", "generate", "score",
-                         "generate", "restore"],  # edit batches of 2
+                         "generate", "score", "restore"],  # edit batches of 2
 }
+# Where edits accumulate, the general probe runs with them applied, before the restore: its answers ("generate",
+# collapsed with the scoring's) and its scores against the unedited answers and of the passage ("score").
 # Sequential: the fake forgets all but the last edit, so at the end only one case in three holds; right after each
 # edit, every one did. Locality prompts name no subject: the fake answers them as the unedited reference does.
 EXPECTED_RELIABILITY = {"single": 1.0, "batch": 1.0, "sequential": round(1 / 3, 4), "sequential-batch": round(1 / 3, 4)}
