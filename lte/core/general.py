@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from lte_data import data_lines
 
 from lte.core.editor import Editor, Query
-from lte.core.metrics import contains_answer, mean, normalize
+from lte.core.metrics import contains_answer, mean, normalize, reference_answer
 
 PASSAGE_PROMPT = "Continue this passage: {}"
 
@@ -58,8 +58,8 @@ def perplexity(editor: Editor) -> float:
 
 def general_reference(reference: Editor, max_new_tokens: int) -> GeneralReference:
     prompts = probe_prompts()
-    answers = [a.split("\n")[0].rstrip() for a in reference.generate([Query(p) for p in prompts], max_new_tokens)]
-    return GeneralReference({p: a for p, a in zip(prompts, answers) if normalize(a)}, perplexity(reference))
+    answers = [reference_answer(a) for a in reference.generate([Query(p) for p in prompts], max_new_tokens)]
+    return GeneralReference({p: a for p, a in zip(prompts, answers) if a is not None}, perplexity(reference))
 
 
 def unrelated(prompts: Iterable[str], subjects: Iterable[str]) -> list[str]:

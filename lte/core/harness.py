@@ -30,7 +30,7 @@ from lte.core.metrics import (
     RetrievalTally,
     contains_answer,
     ngram_entropy,
-    normalize,
+    reference_answer,
 )
 from lte.core.models import model_identity
 from lte.core.schema import FACETS, Edit, EditCase, Probe
@@ -142,10 +142,8 @@ def locality_references(reference: Editor, cases: Sequence[EditCase], cfg: EvalC
     indices = cfg.scored(len(cases)) if indices is None else indices
     keys = [(c, p) for c in indices for p in range(len(cases[c].locality))]
     queries = [Query(cases[c].locality[p].prompt) for c, p in keys]
-    answers = reference.generate(queries, cfg.max_new_tokens) if queries else []
-    # Keep the answer's own leading space: it is scored token for token as the model produced it.
-    first_lines = [a.split("\n")[0].rstrip() for a in answers]
-    return {key: text for key, text in zip(keys, first_lines) if normalize(text)}
+    answers = [reference_answer(a) for a in (reference.generate(queries, cfg.max_new_tokens) if queries else [])]
+    return {key: text for key, text in zip(keys, answers) if text is not None}
 
 
 def case_items(case: EditCase, index: int, references: dict[tuple[int, int], str]) -> list[Item]:

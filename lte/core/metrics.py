@@ -15,6 +15,14 @@ def normalize(text: str) -> str:
     return re.sub(r"\s+", " ", text.lower()).strip().strip(".,;:!?\"'").strip()
 
 
+def reference_answer(generation: str) -> str | None:
+    """An unedited model's answer as the reference other answers are held to: its first line, as the model produced
+    it (leading space kept, it is scored token for token); None when it has no words (empty, or only punctuation
+    such as ':'), since no generation could ever match it."""
+    line = generation.split("\n")[0].rstrip()
+    return line if normalize(line) else None
+
+
 def contains_answer(generation: str, answers: Iterable[str]) -> bool:
     """True when any acceptable answer appears in the generation as whole words (both normalised): 'Goa' matches
     'in Goa, India' but not 'Goat'."""
