@@ -17,7 +17,10 @@ Negatives, the hard ones first:
 - the same relation about **another subject** (CounterFact neighbours, the tables' other subjects);
 - a **similar-sounding subject**: one word of the name swapped for another name's ("Lionel Bolt" for "Lionel
   Messi"), asked the edit's own question;
-- **unrelated** questions (other cases' prompts, the training files' own unrelated probes).
+- **unrelated** questions (other cases' prompts, the training files' own unrelated probes);
+- **open text** that asks about no entity at all: instructions ("Give three tips for ..."), everyday prose and
+  requests to continue it (data/scope_open.txt, written for this and apart from the general-ability probe). Without
+  them a few edits with generic subjects ("Thirteen Colonies") pass for open prompts (results/scope-general.txt).
 
 Which other relation is really another one is known exactly for the tables and the relation nouns; for the
 training files' templates it is guessed (a different template sharing no content word), so a few of those
@@ -41,7 +44,7 @@ from lte.core.schema import EditCase, relation_template
 from lte.core.tables import SAME_SUBJECT_KINDS, table_cases
 
 POSITIVE_KINDS = ("prompt", "paraphrase", "relation_noun", "multi_hop", "dependent", "alias")
-NEGATIVE_KINDS = ("other_relation", "other_subject", "similar_subject", "unrelated")
+NEGATIVE_KINDS = ("other_relation", "other_subject", "similar_subject", "unrelated", "open")
 
 # How a relation noun is asked about a subject, in the shapes knowledge-editing data uses: a named cloze, a plain
 # cloze, a terse key phrase, and questions.
@@ -71,7 +74,8 @@ class ScopeDataConfig:
     relation nouns (the nouns teach which words name the relation, whatever the wording around them).
     other_relations: same-subject other-relation negatives per relation-noun edit (the hard kind, so the most of
     them); template_negatives: per training-file case, other cases' relation templates filled with its subject
-    (besides one relation noun and its own locality probes). The defaults make ~43,000 pairs, one epoch of which
+    (besides one relation noun and its own locality probes). open_text: open-text negatives, each an instruction
+    or passage paired with a random edit. The defaults make ~45,000 pairs, one epoch of which
     trains in about 14 minutes on two CPU cores."""
 
     cases_per_source: int = 1500
@@ -79,6 +83,7 @@ class ScopeDataConfig:
     noun_edits: int = 1500
     other_relations: int = 3
     template_negatives: int = 1
+    open_text: int = 2000
     seed: int = 0
 
 
@@ -265,12 +270,42 @@ def noun_pairs(subject: str, others: Sequence[str], names: Sequence[str], cfg: S
     return [p for p in pairs if p.question != prompt or p.label]
 
 
+# ---------------------------------------------------------------- open text
+
+PASSAGE_FRAME = "Continue this passage: {}"
+
+
+@cache
+def open_lines() -> tuple[str, ...]:
+    return tuple(line.strip() for line in data_path("scope_open.txt").read_text(encoding="utf-8").splitlines()
+                 if line.strip())
+
+
+def open_text(rng: random.Random) -> str:
+    """An instruction or a passage of one or two sentences, as it is or framed as a request to continue it."""
+    lines = open_lines()
+    text = rng.choice(lines)
+    if not text.endswith((".", "!")):  # an instruction or a question: as a user writes it
+        return text
+    if rng.random() < 0.5:
+        text = f"{text} {rng.choice(lines)}"
+    return PASSAGE_FRAME.format(text) if rng.random() < 0.5 else text
+
+
+def open_pairs(prompts: Sequence[str], n: int, rng: random.Random) -> list[ScopePair]:
+    """n open texts, each against a random edit prompt: no edit is about them."""
+    if not prompts:
+        return []
+    return [ScopePair(open_text(rng), rng.choice(prompts), False, "open") for _ in range(n)]
+
+
 # ---------------------------------------------------------------- all together
 
 def scope_pairs(file_cases: Sequence[Sequence[EditCase]], table: Sequence[EditCase],
                 cfg: ScopeDataConfig | None = None) -> list[ScopePair]:
-    """Every pair, shuffled: each training file's cases (at most cfg.cases_per_source each), the table cases, and
-    cfg.noun_edits edits built from the relation nouns about subjects drawn from all of them."""
+    """Every pair, shuffled: each training file's cases (at most cfg.cases_per_source each), the table cases,
+    cfg.noun_edits edits built from the relation nouns about subjects drawn from all of them, and cfg.open_text
+    open texts against the edits of all of them."""
     cfg = cfg or ScopeDataConfig()
     rng = random.Random(cfg.seed)
     groups = [list(cases)[: cfg.cases_per_source] for cases in file_cases]
@@ -287,6 +322,7 @@ def scope_pairs(file_cases: Sequence[Sequence[EditCase]], table: Sequence[EditCa
     pairs += [p for case in table for p in table_pairs(case, by_table, table, names, rng)]
     if names:
         pairs += [p for _ in range(cfg.noun_edits) for p in noun_pairs(rng.choice(names), names, names, cfg, rng)]
+    pairs += open_pairs(sorted({p.edit_prompt for p in pairs}), cfg.open_text, rng)
     unique = list({(p.question, p.edit_prompt): p for p in pairs}.values())
     rng.shuffle(unique)
     return unique
