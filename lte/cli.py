@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     settings = Settings.from_env(home=args.home, model=args.model, store=args.store, chroma_url=args.chroma_url,
+                                 records=args.records_url,
                                  collection=args.collection, datasets=args.datasets_dir, device=args.device,
                                  dtype=args.dtype, chat_template=args.chat_template)
     try:
@@ -59,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "[env LTE_HOME; default ~/.cache/lte]")
     parser.add_argument("--chroma-url", help="use a running Chroma server (http://host:port) instead of the "
                         "embedded store [env LTE_CHROMA_URL]")
+    parser.add_argument("--records-url", help="database of edit records (SQLAlchemy URL): postgresql://user@host/db "
+                        "for replicas on several machines [env LTE_RECORDS_URL; default the store's records.sqlite3, "
+                        "or with --chroma-url HOME/records/HOST-PORT.sqlite3]")
     parser.add_argument("--collection", help="named edit set inside the store [env LTE_COLLECTION; default edits]")
     parser.add_argument("--datasets-dir", help="folder of the public datasets known by name (counterfact, zsre, ...) "
                         "[env LTE_DATASETS; default ./shared/datasets or ../shared/datasets]")

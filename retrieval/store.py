@@ -1,24 +1,30 @@
-"""The edit store: edits as documents in Chroma, found by meaning, with a relevance gate.
+"""The edit store: edit records in a transactional database, their retrieval keys in Chroma, found by meaning.
 
-Two collections per named edit set:
-- `<name>-keys`: one row per retrieval key (the edit's prompt, its statement, each paraphrase) of every *current*
-  edit, embedded, each pointing at its edit. Superseded edits have no keys, so a search needs no metadata filter
-  (a filtered query was 4x slower at 10k edits); restoring an edit re-embeds its keys. Key texts live in metadata,
-  not documents: Chroma's full-text index on documents cost ~15 % of write time and nothing searches text;
-- `<name>-edits`: one row per edit holding the full record, its supersede key and status (current / superseded).
-Keys are written before the record, and search ignores keys whose record is missing, so an interrupted import never
-exposes half an edit, and re-running it completes the work (ids are content hashes: nothing is added twice).
+- The records (`retrieval.records`): every edit with its slot (subject + relation), status (current / superseded),
+  history link and order, in SQLite (an embedded store's `records.sqlite3`) or PostgreSQL (a shared deployment).
+  The database keeps one current edit per slot (a unique index) and makes each add, supersede, delete and restore
+  one transaction. It is the source of truth.
+- The key index (`retrieval.keyindex`): one Chroma row per retrieval key of every *current* edit, derived from the
+  records and rebuildable from them (`rebuild_index`). Superseded edits have no keys, so a search needs no metadata
+  filter; a search also drops any candidate the records do not hold as current, so a key that is briefly stale is
+  never seen.
+- Keeping the two in step (`_sync`): a write enqueues the edits it touches (`lte_index_queue`) in its own
+  transaction, makes their keys follow, then dequeues them. New keys are written *before* the records that make
+  them current, so a Chroma failure refuses the write with the records untouched. A writer killed anywhere leaves
+  its queue rows, and the next open (`repair`) finishes them; `tests/test_crash_safety.py` kills writers at every
+  kill point (`retrieval.faults`) and checks.
+- An embedded Chroma may be written by one process at a time, so its writes hold a file lock in the store's folder
+  (`retrieval.writelock`); the records need none. A Chroma server takes concurrent writes itself.
 
 Which candidates a search returns is decided by the store's scope model (`retrieval.scope`, a cross-encoder) when it
 has one, else by the logistic relevance gate (`retrieval.gate`), the fallback. The store records the folder of the
-scope model it uses in the records collection's metadata.
+scope model it uses with its settings.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,14 +38,20 @@ from lte.core.errors import InputError, NotFoundError
 from lte.core.schema import Edit, EditCase, nfc
 from retrieval import gate as gates
 from retrieval.embedder import Embedder
+from retrieval.faults import point
 from retrieval.gate import UNFITTED, Gate
+from retrieval.keyindex import KEY_INDEX, Key, KeyIndex, key_ids, key_texts
+from retrieval.records import CURRENT, SUPERSEDED, Record, RecordDB, sqlite_url
 from retrieval.scope import ScopeModel
-from retrieval.writelock import DeleteJournal, WriteLock
+from retrieval.writelock import WriteLock
 
 log = logging.getLogger(__name__)
 
-CURRENT, SUPERSEDED = "current", "superseded"
-_PLACEHOLDER = [0.0]  # the records collection is looked up by id and metadata only; Chroma still wants a vector
+__all__ = ["CURRENT", "KEY_INDEX", "SUPERSEDED", "AddReport", "EditStore", "Hit", "StoreCheck", "StoredEdit",
+           "key_texts", "open_client"]
+
+RECORDS_FILE = "records.sqlite3"
+OLD_JOURNAL = ".lte-pending-delete"  # the delete journal of stores made before the records database
 
 
 @dataclass(frozen=True)
@@ -67,11 +79,29 @@ class AddReport:
     superseded_ids: tuple[str, ...] = ()
 
 
-def collect(result: tuple[int, list[str]], superseded: list[str]) -> int:
-    """Add one written batch's superseded stored ids to `superseded`; return its superseded count."""
-    count, ids = result
-    superseded += ids
-    return count
+@dataclass(frozen=True)
+class StoreCheck:
+    """What `verify` found against the store's invariants; `ok` when nothing."""
+
+    current: int
+    keys: int
+    current_without_keys: tuple[str, ...]
+    keys_without_current: tuple[str, ...]
+    slots_with_several_current: tuple[str, ...]
+    queued: int
+
+    @property
+    def ok(self) -> bool:
+        return not (self.current_without_keys or self.keys_without_current or self.slots_with_several_current
+                    or self.queued)
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    added: tuple[str, ...]
+    skipped: int
+    superseded: int
+    superseded_stored: tuple[str, ...]
 
 
 def open_client(path: Path | None = None, url: str | None = None):
@@ -92,77 +122,59 @@ def open_client(path: Path | None = None, url: str | None = None):
     return chromadb.PersistentClient(path=str(path), settings=chroma_settings)
 
 
-def key_texts(edit: Edit) -> list[tuple[str, str]]:
-    """(kind, text) for every key an edit is found under, without repeats."""
-    keys, seen = [], set()
-    for kind, text in [("prompt", edit.prompt), ("statement", edit.statement)] + [("paraphrase", p)
-                                                                                  for p in edit.paraphrases]:
-        if text and text.lower() not in seen:
-            seen.add(text.lower())
-            keys.append((kind, text))
-    return keys
-
-
-# The key index: cosine HNSW searched 400 candidates deep (Chroma's default, 100, is approximate enough that two
-# builds of the same 1,000 CounterFact edits disagreed on 1-2 of 600 paraphrase and neighbour queries: an edit
-# found in one build, missed in the other; at 400, five builds agreed and search time did not move, as the gate's
-# embeddings dominate it; results/retrieval-determinism.txt).
-KEY_INDEX = {"hnsw:space": "cosine", "hnsw:search_ef": 400}
-
-
 class EditStore:
     """Add, find, supersede and delete edits. One instance per named edit set (`collection`)."""
 
     def __init__(self, client, collection: str = "edits", embedder: Embedder | None = None,
-                 gate: Gate | None = None, directory: Path | None = None, scope: ScopeModel | None = None):
-        """scope: the scope model that decides which candidates pass; default the one recorded with the store
-        (`set_scope`), else none, and the relevance gate decides. gate: the fallback relevance gate; default the
-        one saved with the store by `calibrate`, else `retrieval.gate.UNFITTED`. directory: an embedded store's
-        folder (its write lock and delete journal live there; see retrieval/writelock.py)."""
+                 gate: Gate | None = None, directory: Path | None = None, scope: ScopeModel | None = None,
+                 records: RecordDB | None = None):
+        """client: the Chroma client holding the key index. records: the records database (default: a temporary
+        one, for an in-memory store; `open` gives an embedded store its own file). scope: the scope model that
+        decides which candidates pass; default the one recorded with the store (`set_scope`), else none, and the
+        relevance gate decides. gate: the fallback relevance gate; default the one saved with the store by
+        `calibrate`, else `retrieval.gate.UNFITTED`. directory: an embedded store's folder (its Chroma write lock
+        lives there)."""
         self.client = client
-        self.lock, self.journal = WriteLock(directory), DeleteJournal(directory)
+        self.lock = WriteLock(directory)
         self.name = collection
+        self.directory = directory
         self._embedder = embedder
         self._vectors: dict[str, np.ndarray] = {}  # embedding cache for the gate's masked texts
-        self.keys = client.get_or_create_collection(f"{collection}-keys", metadata=KEY_INDEX,
-                                                    embedding_function=None)
-        self.records = client.get_or_create_collection(f"{collection}-edits", embedding_function=None)
+        self.records = records or RecordDB.temporary()
+        self.index = KeyIndex(client, collection)
+        self._migrate()
         self.gate = gate or self.saved_gate() or UNFITTED
         self.scope = scope or self.saved_scope()
-        self._deepen_key_search()
 
-    def _deepen_key_search(self) -> None:
-        """A keys collection created outside lte (a shared Chroma server, Chroma's own tools) searches at Chroma's
-        default depth; raise it in place."""
-        depth = KEY_INDEX["hnsw:search_ef"]
-        hnsw = (self.keys.configuration or {}).get("hnsw") or {}
-        if hnsw.get("ef_search", depth) < depth:
-            self.keys.modify(configuration={"hnsw": {"ef_search": depth}})
+    @property
+    def keys(self):
+        """The Chroma collection of retrieval keys."""
+        return self.index.collection
 
     @classmethod
     def open(cls, path: Path | None = None, url: str | None = None, collection: str = "edits",
-             embedder: Embedder | None = None, gate: Gate | None = None, scope: ScopeModel | None = None
-             ) -> EditStore:
-        """The embedded store under `path` (created under its write lock: two processes may open a new store at
-        once), or the collection on the Chroma server at `url`. A delete a crash interrupted is finished here."""
-        directory = Path(path) if path is not None and not url else None
-        if directory is None:
-            return cls(open_client(path, url), collection, embedder, gate, scope=scope)
-        directory.mkdir(parents=True, exist_ok=True)
-        with WriteLock(directory).held():
-            store = cls(open_client(directory), collection, embedder, gate, directory, scope)
-            store.finish_pending_deletes()
+             embedder: Embedder | None = None, gate: Gate | None = None, scope: ScopeModel | None = None,
+             records_url: str | None = None) -> EditStore:
+        """The embedded store under `path` (records in `path/records.sqlite3` unless `records_url` says otherwise),
+        or the collection on the Chroma server at `url` with its records at `records_url` (required there: several
+        processes must share one records database). Whatever a killed writer left half done is finished here."""
+        if url:
+            if not records_url:
+                raise InputError(f"the Chroma server {url} needs a records database that every process using it "
+                                 "shares: give --records-url (LTE_RECORDS_URL), e.g. postgresql://host/lte or "
+                                 "sqlite:////shared/folder/records.sqlite3 for processes on one machine")
+            store = cls(open_client(url=url), collection, embedder, gate, scope=scope, records=RecordDB(records_url))
+        elif path is None:
+            store = cls(open_client(), collection, embedder, gate, scope=scope,
+                        records=RecordDB(records_url) if records_url else None)
+        else:
+            directory = Path(path)
+            directory.mkdir(parents=True, exist_ok=True)
+            records = RecordDB(records_url or sqlite_url(directory / RECORDS_FILE))
+            with WriteLock(directory).held():  # two processes may open a new store at once
+                store = cls(open_client(directory), collection, embedder, gate, directory, scope, records)
+        store.repair()
         return store
-
-    def finish_pending_deletes(self) -> None:
-        for edit_id in self.journal.pending():
-            log.warning("lte: finishing the delete of edit %s that an earlier process left half done", edit_id)
-            self._delete_rows(edit_id)
-        self.journal.clear()
-
-    @property
-    def threshold(self) -> float:
-        return self.scope.threshold if self.scope is not None else self.gate.threshold
 
     def decider(self) -> str:
         """Which model decides what passes, in words (`lte edit search` prints it)."""
@@ -170,6 +182,10 @@ class EditStore:
             return self.scope.describe()
         return (f"relevance gate (fallback: no scope model; threshold {self.gate.threshold:.3f}; train one with "
                 "`lte scope train` or `lte align`)")
+
+    @property
+    def threshold(self) -> float:
+        return self.scope.threshold if self.scope is not None else self.gate.threshold
 
     @property
     def embedder(self) -> Embedder:
@@ -181,21 +197,19 @@ class EditStore:
 
     def add(self, edits: Iterable[Edit], batch_size: int = 256, progress: bool = True,
             where: Mapping[str, str] | None = None) -> AddReport:
-        """Insert edits in batches; an edit whose id is stored already is skipped, unless its content differs (an
-        explicit id reused for another fact: refused, naming `where[id]`, e.g. the file and line). A newer edit for
-        the same subject and relation supersedes the current one (kept as history).
+        """Insert edits in batches, one transaction each; an edit whose id is stored already is skipped, unless its
+        content differs (an explicit id reused for another fact: refused before anything is written, naming
+        `where[id]`, e.g. the file and line). A newer edit for the same subject and relation supersedes the current
+        one (kept as history); of several in one call, the last wins.
 
-        Batches are pipelined: while one batch is written to Chroma on a worker thread, the next is embedded, so
-        the store costs little beyond the embedder. Writes stay in input order (one writer)."""
-        with self.lock.held():
-            return self._add(list({edit.id: edit for edit in edits}.values()), batch_size, progress, where or {})
-
-    def _add(self, edits: list[Edit], batch_size: int, progress: bool, where: Mapping[str, str]) -> AddReport:
-        stored = self._stored_ids([e.id for e in edits])
-        self._refuse_reused_ids([e for e in edits if e.id in stored], where)
+        Batches are pipelined: while one batch is written on a worker thread, the next is embedded, so the store
+        costs little beyond the embedder."""
+        edits = list({edit.id: edit for edit in edits}.values())
+        where = where or {}
+        stored = self.records.get(self.name, [e.id for e in edits])
+        self._refuse_reused_ids([e for e in edits if e.id in stored], stored, where)
         fresh = [e for e in edits if e.id not in stored]
-        superseded: list[str] = []
-        counted = 0
+        results: list[BatchResult] = []
         with tqdm(total=len(edits), desc="adding edits", unit="edit", disable=not progress) as bar, \
                 ThreadPoolExecutor(max_workers=1) as writer:
             bar.update(len(edits) - len(fresh))
@@ -204,147 +218,242 @@ class EditStore:
                 batch = fresh[start:start + batch_size]
                 keys = self._embedded_keys(list(newest_per_slot(batch).values()))
                 if pending is not None:
-                    counted += collect(pending.result(), superseded)
-                pending = writer.submit(self._write_batch, batch, keys, bar)
+                    results.append(pending.result())
+                pending = writer.submit(self._write_batch, batch, keys, where, bar)
             if pending is not None:
-                counted += collect(pending.result(), superseded)
-        return AddReport(len(fresh), len(edits) - len(fresh), counted, tuple(e.id for e in fresh), tuple(superseded))
+                results.append(pending.result())
+        added = tuple(i for r in results for i in r.added)
+        return AddReport(len(added), len(edits) - len(added), sum(r.superseded for r in results), added,
+                         tuple(i for r in results for i in r.superseded_stored))
 
-    def _refuse_reused_ids(self, edits: Sequence[Edit], where: Mapping[str, str]) -> None:
-        if not edits:
-            return
-        stored = {s.edit.id: s.edit for s in self._decode(self.records.get(ids=[e.id for e in edits],
-                                                                            include=["metadatas"]))}
-        clashes = [e for e in edits if e.id in stored and not e.same_content(stored[e.id])]
+    def _refuse_reused_ids(self, edits: Sequence[Edit], stored: Mapping[str, Record],
+                           where: Mapping[str, str]) -> None:
+        clashes = [e for e in edits if not e.same_content(stored[e.id].edit)]
         if clashes:
             first = clashes[0]
             raise InputError(
                 f"{where.get(first.id, 'edit ' + first.id)}: id {first.id!r} is already stored for another edit "
-                f"({stored[first.id].statement!r}, not {first.statement!r}); give it a new id or none"
+                f"({stored[first.id].edit.statement!r}, not {first.statement!r}); give it a new id or none"
                 + (f" (and {len(clashes) - 1} more)" if len(clashes) > 1 else ""))
 
-    def _stored_ids(self, ids: Sequence[str]) -> set[str]:
-        step = self.client.get_max_batch_size()
-        return {i for start in range(0, len(ids), step)
-                for i in self.records.get(ids=list(ids[start:start + step]), include=[])["ids"]}
-
-    def _embedded_keys(self, edits: Sequence[Edit]) -> list[tuple[str, str, str, str, list[float]]]:
+    def _embedded_keys(self, edits: Sequence[Edit]) -> list[Key]:
         """(key id, edit id, kind, text, vector) for every key of `edits`."""
         rows = [(f"{e.id}:{i}", e.id, kind, text) for e in edits for i, (kind, text) in enumerate(key_texts(e))]
         vectors = self.embedder.encode([row[3] for row in rows]).tolist() if rows else []
         return [row + (vector,) for row, vector in zip(rows, vectors)]
 
-    def _write_batch(self, edits: Sequence[Edit], keys: list, bar) -> tuple[int, list[str]]:
-        self._write_keys(keys)
-        superseded = self._write_records(edits)
-        bar.update(len(edits))
-        return superseded
+    def _write_batch(self, batch: Sequence[Edit], keys: list[Key], where: Mapping[str, str], bar) -> BatchResult:
+        """Queue the batch's new current edits, write their keys, store the records in one transaction (which
+        makes them current and the slots' older edits history), then make the keys follow and dequeue."""
+        winners = [e.id for e in newest_per_slot(batch).values()]
+        self.records.run(self.records.enqueue, self.name, winners)
+        point("add:queued")
+        with self.lock.held():
+            self.index.upsert(keys)
+        point("add:keys")
+        result = self.records.run(self._store_batch, batch, where)
+        point("add:stored")
+        self._sync([*winners, *result.superseded_stored], keys)
+        bar.update(len(batch))
+        return result
 
-    def _write_keys(self, keys: list[tuple[str, str, str, str, list[float]]]) -> None:
-        step = self.client.get_max_batch_size()
-        for start in range(0, len(keys), step):
-            part = keys[start:start + step]
-            self.keys.upsert(ids=[k[0] for k in part], embeddings=[k[4] for k in part],
-                             metadatas=[{"edit_id": k[1], "kind": k[2], "text": k[3]} for k in part])
-
-    def _write_records(self, edits: Sequence[Edit]) -> tuple[int, list[str]]:
-        """Store the records; older edits of the same slot become history. Returns how many were superseded and
-        the ids of the previously stored ones among them.
-
-        Stored edits are superseded before the new records are written: a crash in between leaves the slot with no
-        current edit rather than two, and re-running the import writes the new record."""
-        winners = newest_per_slot(edits)
+    def _store_batch(self, connection, batch: Sequence[Edit], where: Mapping[str, str]) -> BatchResult:
+        stored = self.records.existing(connection, self.name, [e.id for e in batch])  # another writer's, meanwhile
+        self._refuse_reused_ids([e for e in batch if e.id in stored], stored, where)
+        fresh = [e for e in batch if e.id not in stored]
+        winners = newest_per_slot(fresh)
         new_ids = {e.id for e in winners.values()}
-        stored_losers = [r.edit for r in self._current_for(list(winners)) if r.edit.id not in new_ids]
-        for old in stored_losers:
-            self._set_status(old.id, SUPERSEDED, winners[old.supersede_key].id)
-        seq = time.time_ns()
-        metas = [self._record_meta(e, seq + i) if winners[e.supersede_key] is e else
-                 self._record_meta(e, seq + i, SUPERSEDED, winners[e.supersede_key].id) for i, e in enumerate(edits)]
-        self.records.upsert(ids=[e.id for e in edits], embeddings=[_PLACEHOLDER] * len(edits), metadatas=metas)
-        return len(stored_losers) + len(edits) - len(winners), [old.id for old in stored_losers]
-
-    @staticmethod
-    def _record_meta(edit: Edit, seq: int, status: str = CURRENT, superseded_by: str = "") -> dict:
-        return {"edit": json.dumps(edit.to_dict(), ensure_ascii=False), "slot": edit.supersede_key,
-                "status": status, "superseded_by": superseded_by, "seq": seq}
-
-    def _set_status(self, edit_id: str, status: str, superseded_by: str = "") -> None:
-        """Change an edit's status; its keys follow (removed when superseded, re-embedded when current again)."""
-        found = self.records.get(ids=[edit_id], include=["metadatas"])
-        if not found["ids"]:
-            return
-        meta = dict(found["metadatas"][0], status=status, superseded_by=superseded_by)
-        if status == CURRENT:
-            self._write_keys(self._embedded_keys([Edit.from_dict(json.loads(meta["edit"]))]))
-        else:
-            self.keys.delete(where={"edit_id": edit_id})
-        self.records.update(ids=[edit_id], metadatas=[meta])
-
-    def _current_for(self, slots: list[str]) -> list[StoredEdit]:
-        if not slots:
-            return []
-        where = {"$and": [{"slot": {"$in": slots}}, {"status": CURRENT}]}
-        return self._decode(self.records.get(where=where, include=["metadatas"]))
+        losers = [r.edit for r in self.records.current_in(connection, self.name, list(winners))
+                  if r.edit.id not in new_ids]
+        for old in losers:  # history first: the unique index allows one current edit per slot at every statement
+            self.records.set_status(connection, self.name, old.id, SUPERSEDED, winners[old.supersede_key].id)
+        self.records.insert(connection, self.name, [
+            (e, CURRENT, "") if winners[e.supersede_key] is e else (e, SUPERSEDED, winners[e.supersede_key].id)
+            for e in fresh])
+        self.records.enqueue(connection, self.name, [old.id for old in losers])
+        return BatchResult(tuple(e.id for e in fresh), len(batch) - len(fresh),
+                           len(losers) + len(fresh) - len(winners), tuple(old.id for old in losers))
 
     def delete(self, edit_id: str) -> bool:
-        """Remove an edit and its keys. Returns False when there was no such edit. The record goes first, so its
-        keys are invisible at once (search resolves keys through records); the journal names the id until the
-        keys are gone too, so a crash in between is finished at the next open."""
-        with self.lock.held():
-            if not self.records.get(ids=[edit_id], include=[])["ids"]:
-                return False
-            with self.journal.deleting(edit_id):
-                self._delete_rows(edit_id)
-            return True
+        """Remove an edit and its keys. Returns False when there was no such edit."""
+        removed = self.records.run(self._remove_record, edit_id)
+        point("delete:removed")
+        if removed:
+            self._sync([edit_id])
+        return removed
 
-    def _delete_rows(self, edit_id: str) -> None:
-        self.records.delete(ids=[edit_id])
-        self.keys.delete(where={"edit_id": edit_id})
+    def _remove_record(self, connection, edit_id: str) -> bool:
+        removed = self.records.remove(connection, self.name, edit_id)
+        if removed:
+            self.records.enqueue(connection, self.name, [edit_id])
+        return removed
 
     def restore(self, edit_id: str) -> StoredEdit:
         """Make a superseded edit current again; the edit currently holding its slot becomes history."""
-        with self.lock.held():
-            stored = self.get(edit_id)
-            if stored is None:
-                raise NotFoundError(f"no edit with id {edit_id}")
-            for current in self._current_for([stored.edit.supersede_key]):
-                if current.edit.id != edit_id:
-                    self._set_status(current.edit.id, SUPERSEDED, edit_id)
-            self._set_status(edit_id, CURRENT)
-            return self.get(edit_id)
+        touched = self.records.run(self._restore_record, edit_id)
+        point("restore:stored")
+        self._sync(touched)
+        return self.get(edit_id)
+
+    def _restore_record(self, connection, edit_id: str) -> list[str]:
+        found = self.records.existing(connection, self.name, [edit_id])
+        if edit_id not in found:
+            raise NotFoundError(f"no edit with id {edit_id}")
+        slot = found[edit_id].edit.supersede_key
+        holders = [r.edit.id for r in self.records.current_in(connection, self.name, [slot]) if r.edit.id != edit_id]
+        for holder in holders:
+            self.records.set_status(connection, self.name, holder, SUPERSEDED, edit_id)
+        self.records.set_status(connection, self.name, edit_id, CURRENT)
+        self.records.enqueue(connection, self.name, [edit_id, *holders])
+        return [edit_id, *holders]
 
     def clear(self) -> None:
-        with self.lock.held():
-            self._clear()
+        """Remove every edit: the records in one transaction, then the key index (a crash in between is finished at
+        the next open, which sees the clearing flag)."""
+        self.records.run(self._clear_records)
+        point("clear:records")
+        self._drop_index()
 
-    def _clear(self) -> None:
-        for collection in (self.keys, self.records):
-            ids = collection.get(include=[])["ids"]
-            for start in range(0, len(ids), self.client.get_max_batch_size()):
-                collection.delete(ids=ids[start:start + self.client.get_max_batch_size()])
+    def _clear_records(self, connection) -> None:
+        self.records.put_setting(connection, self.name, "clearing", "1")
+        self.records.remove_all(connection, self.name)
+
+    def _drop_index(self) -> None:
+        with self.lock.held():
+            self.index.drop()
+        point("clear:index")
+        self.records.run(self.records.put_setting, self.name, "clearing", None)
+
+    # ------------------------------------------------------------ keeping the key index in step
+
+    def _sync(self, edit_ids: Sequence[str], keys: Sequence[Key] = ()) -> None:
+        """Make these edits' keys match their records: every key of a current edit present (from `keys` where
+        given, else embedded now), no key of any other; then dequeue them. Runs in a records transaction that
+        serializes it with every other sync of the same edits, so the last to run sees the last status."""
+        if not edit_ids:
+            return
+        with self.lock.held():
+            self.records.run(self._sync_in, list(dict.fromkeys(edit_ids)), {k[0]: k for k in keys})
+        point("sync:done")
+
+    def _sync_in(self, connection, edit_ids: list[str], keys: dict[str, Key]) -> None:
+        self.records.lock_ids(connection, self.name, edit_ids)
+        versions = self.records.queued(connection, self.name, edit_ids)
+        found = self.records.existing(connection, self.name, edit_ids)
+        stale = [i for i in edit_ids if i not in found or found[i].status != CURRENT]
+        if stale:
+            self.index.remove_edits(stale)
+            point("sync:removed")
+        self._complete_keys([found[i].edit for i in edit_ids if i not in stale], keys)
+        self.records.dequeue(connection, self.name, versions)
+
+    def _complete_keys(self, edits: Sequence[Edit], keys: dict[str, Key]) -> None:
+        wanted = {key_id: edit for edit in edits for key_id in key_ids(edit)}
+        missing = set(wanted) - self.index.present(list(wanted))
+        incomplete = list({wanted[key_id].id: wanted[key_id] for key_id in sorted(missing)}.values())
+        if not incomplete:
+            return
+        given = [keys[k] for e in incomplete for k in key_ids(e) if k in keys]
+        if len(given) < len(missing):
+            given = self._embedded_keys(incomplete)
+        self.index.upsert(given)
+        point("sync:keys")
+
+    def repair(self) -> int:
+        """Finish what killed writers left: a clear, then every queued edit. Returns how many edits it synced."""
+        if self.records.setting(self.name, "clearing"):
+            log.warning("lte: finishing a clear of edit set %s that an earlier process left half done", self.name)
+            self._drop_index()
+        synced = 0
+        while True:
+            with self.records.transaction() as connection:
+                queued = list(self.records.queued(connection, self.name, limit=1000))
+            if not queued:
+                return synced
+            if not synced:
+                log.warning("lte: finishing %d edit(s) of %s that an earlier writer left half written",
+                            self.records.queue_size(self.name), self.name)
+            self._sync(queued)
+            synced += len(queued)
+
+    def verify(self) -> StoreCheck:
+        """Check the invariants over the whole store: every current edit has all its keys, no key belongs to an
+        edit that is not current, one current edit per slot, nothing queued. Reads everything: O(store)."""
+        current: dict[str, list[str]] = {}
+        for offset in range(0, self.count() + 1, 10_000):
+            current.update((r.edit.id, key_ids(r.edit)) for r in self.records.page(self.name, offset=offset,
+                                                                                   limit=10_000))
+        present = self.index.present([k for ids in current.values() for k in ids])
+        indexed = set().union(*self.index.edit_ids())
+        return StoreCheck(len(current), len(present),
+                          tuple(sorted(i for i, ids in current.items() if not set(ids) <= present)),
+                          tuple(sorted(indexed - set(current))),
+                          tuple(self.records.slots_with_several_current(self.name)),
+                          self.records.queue_size(self.name))
+
+    def rebuild_index(self, batch_size: int = 256, progress: bool = True) -> int:
+        """Drop the key index and embed every current edit's keys again from the records. Returns the edits."""
+        self.records.run(self.records.put_setting, self.name, "rebuilding", "1")
+        with self.lock.held():
+            self.index.drop()
+        done, after = 0, 0
+        with tqdm(total=self.count(), desc="rebuilding the key index", unit="edit", disable=not progress) as bar:
+            while page := self.records.current_ids(self.name, after, batch_size):
+                edits = [r.edit for r in self.records.get(self.name, [i for _, i in page]).values()]
+                keys = self._embedded_keys(edits)
+                with self.lock.held():
+                    self.index.upsert(keys)
+                after, done = page[-1][0], done + len(page)
+                bar.update(len(page))
+        self.records.run(self.records.put_setting, self.name, "rebuilding", None)
+        return done
+
+    # ------------------------------------------------------------ the layout before the records database
+
+    def _migrate(self) -> None:
+        """A store made when records lived in Chroma (`<name>-edits`): copy them into the records database in one
+        transaction, then drop that collection (a crash in between copies nothing twice: the copy is skipped when
+        the records are there)."""
+        legacy = f"{self.name}-edits"
+        try:
+            old = self.client.get_collection(legacy)
+        except Exception:  # Chroma's not-found error differs between versions
+            return
+        if not self.records.count(self.name, history=True):
+            rows = []
+            for offset in range(0, old.count(), 5000):
+                rows += old.get(include=["metadatas"], limit=5000, offset=offset)["metadatas"]
+            rows.sort(key=lambda m: m["seq"])
+            settings = {k: v for k, v in (old.metadata or {}).items() if k in ("gate", "scope")}
+            self.records.run(self._copy_legacy, rows, settings)
+            log.warning("lte: moved %d edit records of %s from Chroma into the records database %s", len(rows),
+                        self.name, self.records.describe())
+        self.client.delete_collection(legacy)
+        journal = self.directory / OLD_JOURNAL if self.directory else None
+        if journal is not None and journal.is_file():
+            for edit_id in journal.read_text(encoding="utf-8").split():
+                self.delete(edit_id)
+            journal.unlink()
+
+    def _copy_legacy(self, connection, rows: list[dict], settings: dict[str, str]) -> None:
+        self.records.insert(connection, self.name, [(Edit.from_dict(json.loads(m["edit"])), m["status"],
+                                                     m.get("superseded_by", "")) for m in rows])
+        for name, value in settings.items():
+            self.records.put_setting(connection, self.name, name, value)
 
     # ------------------------------------------------------------ reading
 
     def get(self, edit_id: str) -> StoredEdit | None:
-        found = self._decode(self.records.get(ids=[edit_id], include=["metadatas"]))
-        return found[0] if found else None
+        found = self.records.get(self.name, [edit_id]).get(edit_id)
+        return stored(found) if found else None
 
-    def list(self, history: bool = False) -> list[StoredEdit]:
-        """Current edits (and superseded ones with history=True), oldest first."""
-        where = None if history else {"status": CURRENT}
-        return self._decode(self.records.get(where=where, include=["metadatas"]))
+    def list(self, history: bool = False, offset: int = 0, limit: int | None = None) -> list[StoredEdit]:
+        """Current edits (and superseded ones with history=True), oldest first; `limit` of them from `offset`
+        costs O(limit), whatever the store's size."""
+        return [stored(r) for r in self.records.page(self.name, history, offset, limit)]
 
     def count(self, history: bool = False) -> int:
-        if history:
-            return self.records.count()
-        return len(self.records.get(where={"status": CURRENT}, include=[])["ids"])
-
-    @staticmethod
-    def _decode(result: dict) -> list[StoredEdit]:
-        rows = sorted(result["metadatas"] or [], key=lambda m: m["seq"])
-        return [StoredEdit(Edit.from_dict(json.loads(m["edit"])), m["status"], m.get("superseded_by", ""))
-                for m in rows]
+        return self.records.count(self.name, history)
 
     def search(self, query: str, k: int = 3, gated: bool = True) -> list[Hit]:
         return self.search_many([query], k, gated)[0]
@@ -373,7 +482,7 @@ class EditStore:
         result = self.keys.query(query_embeddings=self.embedder.encode(queries).tolist(), n_results=max(4 * k, 8),
                                  include=["metadatas", "distances"])
         best_per_query = [self._best_edits(m, d, k) for m, d in zip(result["metadatas"], result["distances"])]
-        records = self._records({edit_id for best in best_per_query for edit_id, _, _ in best})
+        records = self._current({edit_id for best in best_per_query for edit_id, _, _ in best})
         return [[(records[i], cosine, key) for i, cosine, key in best if i in records] for best in best_per_query]
 
     def relevance(self, queries: Sequence[str], edits: Sequence[Edit], cosines: Sequence[float]) -> list[float]:
@@ -407,11 +516,11 @@ class EditStore:
         ranked = sorted(best.items(), key=lambda item: -item[1][0])[: 2 * k]  # re-ranked by relevance later
         return [(edit_id, round(score, 4), text) for edit_id, (score, text) in ranked]
 
-    def _records(self, ids: set[str]) -> dict[str, Edit]:
+    def _current(self, ids: set[str]) -> dict[str, Edit]:
+        """The edits among `ids` that the records hold as current (a key is briefly stale while a write syncs)."""
         if not ids:
             return {}
-        found = self.records.get(ids=list(ids), include=["metadatas"])
-        return {i: Edit.from_dict(json.loads(m["edit"])) for i, m in zip(found["ids"], found["metadatas"])}
+        return {i: r.edit for i, r in self.records.get(self.name, sorted(ids)).items() if r.status == CURRENT}
 
     # ------------------------------------------------------------ the relevance gate
 
@@ -425,19 +534,16 @@ class EditStore:
 
     def set_gate(self, gate: Gate) -> None:
         self.gate = gate
-        self._set_metadata(gate=gate.to_json())
+        self.records.run(self.records.put_setting, self.name, "gate", gate.to_json())
 
     def set_scope(self, scope: ScopeModel | None) -> None:
         """Use `scope` (None: the gate) and record its folder with the store, for every later open."""
         self.scope = scope
-        self._set_metadata(scope=str(scope.path.resolve()) if scope is not None else "")
-
-    def _set_metadata(self, **values: str) -> None:
-        with self.lock.held():
-            self.records.modify(metadata={**(self.records.metadata or {}), **values})
+        self.records.run(self.records.put_setting, self.name, "scope",
+                         str(scope.path.resolve()) if scope is not None else None)
 
     def saved_scope(self) -> ScopeModel | None:
-        path = (self.records.metadata or {}).get("scope")
+        path = self.records.setting(self.name, "scope")
         if not path:
             return None
         if not (Path(path) / "scope.json").is_file():
@@ -446,20 +552,23 @@ class EditStore:
         return ScopeModel(path)
 
     def saved_gate(self) -> Gate | None:
-        metadata = self.records.metadata or {}
-        if "gate" in metadata:
-            return Gate.from_json(metadata["gate"])
-        return None
+        saved = self.records.setting(self.name, "gate")
+        return Gate.from_json(saved) if saved else None
 
     # ------------------------------------------------------------ export
 
-    def export(self, path: Path, history: bool = False) -> int:
-        """Write edits as JSONL (atomically) and return how many."""
-        stored = self.list(history)
+    def export(self, path: Path, history: bool = False, page: int = 10_000) -> int:
+        """Write edits as JSONL (atomically), a page at a time, and return how many."""
+        written = 0
         with files.atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as handle:
-            for item in stored:
-                handle.write(json.dumps(item.edit.to_dict(), ensure_ascii=False) + "\n")
-        return len(stored)
+            while rows := self.list(history, written, page):
+                handle.writelines(json.dumps(item.edit.to_dict(), ensure_ascii=False) + "\n" for item in rows)
+                written += len(rows)
+        return written
+
+
+def stored(record: Record) -> StoredEdit:
+    return StoredEdit(record.edit, record.status, record.superseded_by)
 
 
 def newest_per_slot(edits: Sequence[Edit]) -> dict[str, Edit]:

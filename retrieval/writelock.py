@@ -1,9 +1,9 @@
-"""The cross-process write lock of an embedded edit store, and the journal that makes `delete` crash-safe.
+"""The cross-process write lock of an embedded store's key index.
 
-Two `lte edit add` processes, or one beside `lte serve`, must not interleave their writes (a new store's tables
-created twice, two current edits for one fact). Every public write of an embedded store holds a file lock in the
-store's directory (`filelock`); a writer that finds it taken says so and waits. A Chroma server is shared by
-design and has no such lock: README says what several writers may expect there.
+An embedded Chroma (a `PersistentClient` on a folder) may be written by one process at a time, so every write to
+the key index of an embedded store holds a file lock in the store's folder (`filelock`); a writer that finds it
+taken says so and waits. The records need no such lock: their database serializes its own transactions
+(`retrieval.records`). A Chroma server takes concurrent writes itself, so a store on one has no lock.
 """
 
 from __future__ import annotations
@@ -15,13 +15,11 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from lte.core import files
 from lte.core.errors import LTEError
 
 log = logging.getLogger(__name__)
 
 LOCK_FILE = ".lte-write.lock"
-JOURNAL_FILE = ".lte-pending-delete"
 
 
 class StoreBusyError(LTEError):
@@ -29,7 +27,7 @@ class StoreBusyError(LTEError):
 
 
 class WriteLock:
-    """Held around every write of an embedded store; re-entrant in one process (nested writes are fine).
+    """Held around every key-index write of an embedded store; re-entrant in one process (nested writes are fine).
     `directory=None` (an in-memory store, a Chroma server): no lock."""
 
     def __init__(self, directory: Path | None, wait_s: float = 600.0):
@@ -55,29 +53,3 @@ class WriteLock:
             yield
         finally:
             self._lock.release()
-
-
-class DeleteJournal:
-    """The id being deleted, written before the first of a delete's two writes and removed after the second: a
-    crash in between leaves the id here, and the next open finishes the delete."""
-
-    def __init__(self, directory: Path | None):
-        self.path = directory / JOURNAL_FILE if directory else None
-
-    @contextlib.contextmanager
-    def deleting(self, edit_id: str) -> Iterator[None]:
-        if self.path is None:
-            yield
-            return
-        files.write_text(self.path, edit_id + "\n")
-        yield
-        self.path.unlink(missing_ok=True)
-
-    def pending(self) -> list[str]:
-        if self.path is None or not self.path.is_file():
-            return []
-        return [line for line in self.path.read_text(encoding="utf-8").split() if line]
-
-    def clear(self) -> None:
-        if self.path is not None:
-            self.path.unlink(missing_ok=True)

@@ -63,10 +63,10 @@ def test_a_delete_interrupted_between_its_writes_is_finished_at_the_next_open(tm
     edit = Edit(**NEEDLE)
     store.add([edit], progress=False)
 
-    def crash(**kwargs):
+    def crash(*args, **kwargs):
         raise KeyboardInterrupt  # the process dies after the record, before the keys
 
-    monkeypatch.setattr(store.keys, "delete", crash)
+    monkeypatch.setattr(store.index, "remove_edits", crash)
     with pytest.raises(KeyboardInterrupt):
         store.delete(edit.id)
     monkeypatch.undo()
@@ -183,7 +183,8 @@ def test_a_chroma_server_that_goes_away_gives_503_and_comes_back_without_a_resta
         port = probe.getsockname()[1]
     chroma = start_chroma(tmp_path / "chroma", port)
     try:
-        store = EditStore.open(url=f"http://127.0.0.1:{port}", collection="down", embedder=embedder)
+        store = EditStore.open(url=f"http://127.0.0.1:{port}", collection="down", embedder=embedder,
+                               records_url=f"sqlite:///{tmp_path / 'records.sqlite3'}")
         ask = {"max_tokens": 2, "messages": [{"role": "user", "content": "Where is the Space Needle?"}]}
         with running_server(LTEEditor(tiny, store)) as base, httpx.Client(base_url=base, timeout=60) as c:
             assert c.post("/v1/edits", json=NEEDLE).status_code == 200

@@ -79,7 +79,7 @@ def test_delete_and_export(store, tmp_path):
 
 
 def test_half_written_edit_is_invisible_and_rerun_completes(store):
-    store._write_keys(store._embedded_keys([NEEDLE]))  # an import killed after the keys, before the record
+    store.index.upsert(store._embedded_keys([NEEDLE]))  # an import killed after the keys, before the record
     assert store.search("Where is the Space Needle?", gated=False) == [] and store.count() == 0
     assert store.add([NEEDLE], progress=False).added == 1
     assert store.search("Where is the Space Needle?")[0].edit.id == NEEDLE.id
@@ -111,11 +111,11 @@ def _training_cases():
 
 
 def test_calibrate_fits_a_gate_that_knows_relations_and_persists_it(embedder, tmp_path):
-    persistent = EditStore(open_client(tmp_path / "db"), "cal", embedder)
+    persistent = EditStore.open(tmp_path / "db", collection="cal", embedder=embedder)
     gate = persistent.calibrate(_training_cases())
     assert gate.weights[2] > 0  # the relation signal carries weight
     assert gate.fit_recall >= 0.8 and gate.fit_precision >= 0.8 and (gate.fit_related, gate.fit_unrelated) == (18, 12)
-    assert EditStore(open_client(tmp_path / "db"), "cal", embedder).gate == gate  # saved with the store
+    assert EditStore.open(tmp_path / "db", collection="cal", embedder=embedder).gate == gate  # saved with the store
     persistent.add([NEEDLE], progress=False)
     assert [h.edit.id for h in persistent.search("Which city is the Space Needle in?")] == [NEEDLE.id]
     assert persistent.search("Who designed the Space Needle?") == []  # same subject, another relation
@@ -165,10 +165,13 @@ def test_a_running_chroma_server_on_loopback(embedder, tmp_path):
                     break
             except httpx.HTTPError:
                 time.sleep(0.2)
-        store = EditStore.open(url=f"http://127.0.0.1:{port}", collection="remote", embedder=embedder)
+        records = f"sqlite:///{tmp_path / 'records.sqlite3'}"
+        store = EditStore.open(url=f"http://127.0.0.1:{port}", collection="remote", embedder=embedder,
+                               records_url=records)
         assert store.add([NEEDLE, TOWER], progress=False).added == 2
         assert store.add([NEEDLE], progress=False).skipped == 1
-        again = EditStore.open(url=f"http://127.0.0.1:{port}", collection="remote", embedder=embedder)
+        again = EditStore.open(url=f"http://127.0.0.1:{port}", collection="remote", embedder=embedder,
+                               records_url=records)
         assert again.count() == 2 and again.search("Where is the Space Needle?")[0].edit.id == NEEDLE.id
     finally:
         server.terminate()

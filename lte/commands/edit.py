@@ -22,6 +22,7 @@ def register(commands) -> None:
     listing = sub.add_parser("list", help="list current edits")
     listing.add_argument("--history", action="store_true", help="include superseded edits")
     listing.add_argument("--limit", type=int, default=0, help="show at most N (default all)")
+    listing.add_argument("--offset", type=int, default=0, help="skip the first N (oldest first)")
     listing.set_defaults(handler=run_list)
     show = sub.add_parser("show", help="show one edit as JSON")
     show.add_argument("id")
@@ -44,6 +45,17 @@ def register(commands) -> None:
     count = sub.add_parser("count", help="number of current edits")
     count.add_argument("--history", action="store_true", help="count superseded edits too")
     count.set_defaults(handler=run_count)
+    check = sub.add_parser("check", help="check the store's invariants (reads the whole store)",
+                           description="Check that every current edit has all its retrieval keys, that no key "
+                           "belongs to an edit that is not current, that each fact has one current edit and that "
+                           "no write is left half done. Exit status 1 when something is wrong; "
+                           "`lte edit reindex` rebuilds the key index from the records.")
+    check.set_defaults(handler=run_check)
+    reindex = sub.add_parser("reindex", help="rebuild the key index from the edit records",
+                             description="Drop the retrieval keys (Chroma) and embed every current edit's keys "
+                             "again from the records database, the store's source of truth.")
+    reindex.add_argument("--batch-size", type=int, default=256)
+    reindex.set_defaults(handler=run_reindex)
     calibrate = sub.add_parser(
         "calibrate", help="fit what decides which edits pass (the scope model, else the gate) to your data",
         description="Fine-tune the store's scope model (or the one trained next to --model) on labelled prompts "
@@ -73,7 +85,8 @@ def open_store(settings, decide: bool = False):
     from retrieval.scope import scope_beside
     from retrieval.store import EditStore
 
-    store = EditStore.open(settings.store_dir, settings.chroma_url, settings.collection)
+    store = EditStore.open(settings.store_dir, settings.chroma_url, settings.collection,
+                           records_url=settings.records_url)
     if decide and store.scope is None:
         store.scope = scope_beside(settings.model)
     return store
@@ -88,10 +101,31 @@ def run_add(args, settings) -> int:
 
 
 def run_list(args, settings) -> int:
-    stored = open_store(settings).list(history=args.history)
-    for item in stored[: args.limit or None]:
+    stored = open_store(settings).list(history=args.history, offset=args.offset, limit=args.limit or None)
+    for item in stored:
         status = "" if item.status == "current" else f"  [superseded by {item.superseded_by}]"
         print(f"{item.edit.id}  {item.edit.statement}{status}")
+    return 0
+
+
+def run_check(args, settings) -> int:
+    check = open_store(settings).verify()
+    print(f"{check.current} current edits, {check.keys} retrieval keys")
+    problems = [("current edits missing keys", check.current_without_keys),
+                ("edits with keys but not current", check.keys_without_current),
+                ("facts with several current edits", check.slots_with_several_current)]
+    for what, ids in problems:
+        if ids:
+            print(f"{what}: {len(ids)} ({', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''})")
+    if check.queued:
+        print(f"writes left half done: {check.queued}")
+    print("ok" if check.ok else "problems found: `lte edit reindex` rebuilds the key index from the records")
+    return 0 if check.ok else 1
+
+
+def run_reindex(args, settings) -> int:
+    done = open_store(settings).rebuild_index(batch_size=args.batch_size)
+    print(f"reindexed {done} current edits")
     return 0
 
 

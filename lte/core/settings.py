@@ -21,6 +21,9 @@ class Settings:
     model: model spec passed to `load_model` (LTE_MODEL, default the bundled SmolLM2-135M-Instruct).
     store: directory of the embedded Chroma edit store (LTE_STORE, default HOME/store).
     chroma_url: a running Chroma server to use instead of the embedded store (LTE_CHROMA_URL).
+    records: the database of edit records, as a SQLAlchemy URL (LTE_RECORDS_URL): `postgresql://...` for processes on
+    several machines sharing one store; default an embedded store's own `records.sqlite3`, or with `chroma_url` a
+    SQLite file under HOME/records (processes on this machine only).
     collection: the named edit set inside the store (LTE_COLLECTION, default "edits").
     datasets: the folder holding the public datasets `lte eval`/`lte bench` know by name (LTE_DATASETS; default
     the first of DATASET_DIR_CANDIDATES that exists, relative to the working directory).
@@ -34,6 +37,7 @@ class Settings:
     model: str = DEFAULT_MODEL
     store: Path | None = None
     chroma_url: str | None = None
+    records: str | None = None
     collection: str = "edits"
     datasets: Path | None = None
     device: str = "auto"
@@ -68,12 +72,23 @@ class Settings:
         return text
 
     @property
+    def records_url(self) -> str | None:
+        if self.records or not self.chroma_url:
+            return self.records
+        from urllib.parse import urlparse
+
+        server = urlparse(self.chroma_url)
+        name = f"{server.hostname or 'localhost'}-{server.port or 8000}".replace(":", "-")
+        (self.home / "records").mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{self.home / 'records' / name}.sqlite3"
+
+    @property
     def store_dir(self) -> Path:
         return self.store if self.store is not None else self.home / "store"
 
     @classmethod
     def from_env(cls, home: str | None = None, model: str | None = None, store: str | None = None,
-                 chroma_url: str | None = None, collection: str | None = None,
+                 chroma_url: str | None = None, records: str | None = None, collection: str | None = None,
                  datasets: str | None = None, device: str | None = None, dtype: str | None = None,
                  chat_template: str | None = None) -> Settings:
         """Flags win over environment variables, which win over defaults."""
@@ -85,6 +100,7 @@ class Settings:
             model=model or env.get("LTE_MODEL") or DEFAULT_MODEL,
             store=Path(store_value).expanduser() if store_value else None,
             chroma_url=chroma_url or env.get("LTE_CHROMA_URL") or None,
+            records=records or env.get("LTE_RECORDS_URL") or None,
             collection=collection or env.get("LTE_COLLECTION") or "edits",
             datasets=Path(datasets_value).expanduser() if (datasets_value := datasets or env.get("LTE_DATASETS"))
             else None,

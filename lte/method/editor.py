@@ -212,7 +212,8 @@ def open_store(settings: Settings, config: LTEConfig, private_store: bool = Fals
     if private_store:
         store = EditStore(open_client(), f"eval-{uuid.uuid4().hex[:12]}", gate=gate)
     else:
-        store = EditStore.open(settings.store_dir, settings.chroma_url, settings.collection, gate=gate)
+        store = EditStore.open(settings.store_dir, settings.chroma_url, settings.collection,
+                           records_url=settings.records_url, gate=gate)
     if gate is not None or config.scope == "none":
         store.scope = None
     elif config.scope:

@@ -373,10 +373,9 @@ def list_edits(offset: int = 0, limit: int = 50, history: bool = False,
                service: Service = Depends(service_of)) -> dict:
     if offset < 0 or not 1 <= limit <= 1000:
         raise APIError(400, "offset must be ≥ 0 and limit between 1 and 1000")
-    stored = service.store.list(history=history)
-    return {"object": "list", "total": len(stored), "offset": offset,
-            "data": [{**s.edit.to_dict(), "status": s.status, "superseded_by": s.superseded_by}
-                     for s in stored[offset: offset + limit]]}
+    page = service.store.list(history=history, offset=offset, limit=limit)  # O(limit), not O(store)
+    return {"object": "list", "total": service.store.count(history), "offset": offset,
+            "data": [{**s.edit.to_dict(), "status": s.status, "superseded_by": s.superseded_by} for s in page]}
 
 
 @api.get("/edits/{edit_id}")
