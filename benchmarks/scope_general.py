@@ -2,6 +2,7 @@
 behind LTE's general-probe figures (a prompt that receives an edit is answered by the aligned model with it).
 
     python benchmarks/scope_general.py --model ~/.cache/lte/aligned/smollm2-135m-instruct --n 100
+    python benchmarks/scope_general.py --scope SCOPE_DIR --n 100     # another scope model (no aligned model needed)
 
 Stores the first N CounterFact edits (as the bench's CounterFact N cell does), then asks the probe's 195 prompts
 and 12 passage prompts through the scope model. Needs the datasets folder ($LTE_DATASETS).
@@ -18,17 +19,20 @@ from lte.core.editor import Query
 from lte.core.general import passages, probe_prompts
 from lte.core.models import load_model
 from lte.core.settings import Settings
-from lte.registry import build_editor
+from lte.registry import build_editor, editor_config
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="the aligned model folder (with its scope model)")
+    parser.add_argument("--model", help="the aligned model folder (with its scope model); default the bundled one")
+    parser.add_argument("--scope", help="a scope model folder to use instead of the model's own")
     parser.add_argument("--n", type=int, default=100, help="CounterFact edits stored")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as home:
         settings = Settings.from_env(model=args.model, store=home)
-        editor = build_editor("lte", settings, load_model(settings.model, settings.home, **settings.load_options))
+        config = editor_config("lte", {"scope": args.scope} if args.scope else {})
+        editor = build_editor("lte", settings, load_model(settings.model, settings.home, **settings.load_options),
+                              config)
         edits = [edit for case in load_cases(dataset_path("counterfact", settings)[1])[: args.n] for edit in case.edits]
         editor.apply(edits)
         statements = {edit.id: edit.statement for edit in edits}

@@ -13,8 +13,10 @@
   them current, so a Chroma failure refuses the write with the records untouched. A writer killed anywhere leaves
   its queue rows, and the next open (`repair`) finishes them; `tests/test_crash_safety.py` kills writers at every
   kill point (`retrieval.faults`) and checks.
-- An embedded Chroma may be written by one process at a time, so its writes hold a file lock in the store's folder
-  (`retrieval.writelock`); the records need none. A Chroma server takes concurrent writes itself.
+- An embedded Chroma may be used by one process at a time: the first process that needs the keys takes the
+  store's index lease (`retrieval.lease`) and holds it while the store is open; other processes still add, delete
+  and restore edits (records and queue), and the holder embeds their keys before its next search. A Chroma server
+  takes many processes itself.
 
 Which candidates a search returns is decided by the store's scope model (`retrieval.scope`, a cross-encoder) when it
 has one, else by the logistic relevance gate (`retrieval.gate`), the fallback. The store records the folder of the
@@ -41,9 +43,9 @@ from retrieval.embedder import Embedder
 from retrieval.faults import point
 from retrieval.gate import UNFITTED, Gate
 from retrieval.keyindex import KEY_INDEX, Key, KeyIndex, key_ids, key_texts
+from retrieval.lease import IndexLease
 from retrieval.records import CURRENT, SUPERSEDED, Record, RecordDB, sqlite_url
 from retrieval.scope import ScopeModel
-from retrieval.writelock import WriteLock
 
 log = logging.getLogger(__name__)
 
@@ -128,23 +130,54 @@ class EditStore:
     def __init__(self, client, collection: str = "edits", embedder: Embedder | None = None,
                  gate: Gate | None = None, directory: Path | None = None, scope: ScopeModel | None = None,
                  records: RecordDB | None = None):
-        """client: the Chroma client holding the key index. records: the records database (default: a temporary
-        one, for an in-memory store; `open` gives an embedded store its own file). scope: the scope model that
-        decides which candidates pass; default the one recorded with the store (`set_scope`), else none, and the
-        relevance gate decides. gate: the fallback relevance gate; default the one saved with the store by
-        `calibrate`, else `retrieval.gate.UNFITTED`. directory: an embedded store's folder (its Chroma write lock
-        lives there)."""
+        """client: the Chroma client holding the key index (None with `directory`: the embedded Chroma there,
+        opened when this process takes the index lease). records: the records database (default: a temporary one,
+        for an in-memory store; `open` gives an embedded store its own file). scope: the scope model that decides
+        which candidates pass; default the one recorded with the store (`set_scope`), else none, and the relevance
+        gate decides. gate: the fallback relevance gate; default the one saved with the store by `calibrate`, else
+        `retrieval.gate.UNFITTED`. directory: an embedded store's folder (its index lease lives there)."""
         self.client = client
-        self.lock = WriteLock(directory)
         self.name = collection
         self.directory = directory
+        self.lease = IndexLease(directory if client is None else None)
+        self._index: KeyIndex | None = None
         self._embedder = embedder
         self._vectors: dict[str, np.ndarray] = {}  # embedding cache for the gate's masked texts
         self.records = records or RecordDB.temporary()
-        self.index = KeyIndex(client, collection)
-        self._migrate()
+        if client is not None:
+            self._open_index()
         self.gate = gate or self.saved_gate() or UNFITTED
         self.scope = scope or self.saved_scope()
+
+    # ------------------------------------------------------------ the key index and its lease
+
+    @property
+    def index(self) -> KeyIndex:
+        """The key index, taking the lease first where the store has one (waiting while another process holds
+        it)."""
+        if self._index is None:
+            self.lease.take()
+            self._open_index()
+        return self._index
+
+    def _index_if_free(self) -> KeyIndex | None:
+        """The key index if this process holds or can take the lease now; None while another process holds it."""
+        if self._index is None and self.lease.try_take():
+            self._open_index()
+        return self._index
+
+    def _open_index(self) -> None:
+        if self.client is None:
+            self.client = open_client(self.directory)
+        self._index = KeyIndex(self.client, self.name)
+        self._migrate()
+        self.repair()
+
+    def close(self) -> None:
+        """Let another process take the index (an embedded store's lease); the store reopens it when needed."""
+        if self.directory is not None and self._index is not None:
+            self._index, self.client = None, None
+            self.lease.release()
 
     @property
     def keys(self):
@@ -171,8 +204,9 @@ class EditStore:
             directory = Path(path)
             directory.mkdir(parents=True, exist_ok=True)
             records = RecordDB(records_url or sqlite_url(directory / RECORDS_FILE))
-            with WriteLock(directory).held():  # two processes may open a new store at once
-                store = cls(open_client(directory), collection, embedder, gate, directory, scope, records)
+            store = cls(None, collection, embedder, gate, directory, scope, records)
+            store._index_if_free()  # the index (and its repair) now if no other process has it
+            return store
         store.repair()
         return store
 
@@ -206,6 +240,7 @@ class EditStore:
         costs little beyond the embedder."""
         edits = list({edit.id: edit for edit in edits}.values())
         where = where or {}
+        indexing = self._index_if_free() is not None  # else the index lease holder embeds the keys
         stored = self.records.get(self.name, [e.id for e in edits])
         self._refuse_reused_ids([e for e in edits if e.id in stored], stored, where)
         fresh = [e for e in edits if e.id not in stored]
@@ -216,7 +251,7 @@ class EditStore:
             pending = None
             for start in range(0, len(fresh), batch_size):
                 batch = fresh[start:start + batch_size]
-                keys = self._embedded_keys(list(newest_per_slot(batch).values()))
+                keys = self._embedded_keys(list(newest_per_slot(batch).values())) if indexing else []
                 if pending is not None:
                     results.append(pending.result())
                 pending = writer.submit(self._write_batch, batch, keys, where, bar)
@@ -244,13 +279,14 @@ class EditStore:
 
     def _write_batch(self, batch: Sequence[Edit], keys: list[Key], where: Mapping[str, str], bar) -> BatchResult:
         """Queue the batch's new current edits, write their keys, store the records in one transaction (which
-        makes them current and the slots' older edits history), then make the keys follow and dequeue."""
+        makes them current and the slots' older edits history, and queues them all), then make the keys follow
+        and dequeue. Without the index (another process holds its lease), the records and the queue only."""
         winners = [e.id for e in newest_per_slot(batch).values()]
-        self.records.run(self.records.enqueue, self.name, winners)
-        point("add:queued")
-        with self.lock.held():
+        if keys:
+            self.records.run(self.records.enqueue, self.name, winners)
+            point("add:queued")
             self.index.upsert(keys)
-        point("add:keys")
+            point("add:keys")
         result = self.records.run(self._store_batch, batch, where)
         point("add:stored")
         self._sync([*winners, *result.superseded_stored], keys)
@@ -270,7 +306,7 @@ class EditStore:
         self.records.insert(connection, self.name, [
             (e, CURRENT, "") if winners[e.supersede_key] is e else (e, SUPERSEDED, winners[e.supersede_key].id)
             for e in fresh])
-        self.records.enqueue(connection, self.name, [old.id for old in losers])
+        self.records.enqueue(connection, self.name, [*new_ids, *(old.id for old in losers)])
         return BatchResult(tuple(e.id for e in fresh), len(batch) - len(fresh),
                            len(losers) + len(fresh) - len(winners), tuple(old.id for old in losers))
 
@@ -319,8 +355,9 @@ class EditStore:
         self.records.remove_all(connection, self.name)
 
     def _drop_index(self) -> None:
-        with self.lock.held():
-            self.index.drop()
+        if self._index_if_free() is None:
+            return  # the lease holder finishes the clear (`repair`)
+        self._index.drop()
         point("clear:index")
         self.records.run(self.records.put_setting, self.name, "clearing", None)
 
@@ -329,11 +366,11 @@ class EditStore:
     def _sync(self, edit_ids: Sequence[str], keys: Sequence[Key] = ()) -> None:
         """Make these edits' keys match their records: every key of a current edit present (from `keys` where
         given, else embedded now), no key of any other; then dequeue them. Runs in a records transaction that
-        serializes it with every other sync of the same edits, so the last to run sees the last status."""
-        if not edit_ids:
+        serializes it with every other sync of the same edits, so the last to run sees the last status. Without the
+        index (another process holds its lease) they stay queued for the holder."""
+        if not edit_ids or self._index_if_free() is None:
             return
-        with self.lock.held():
-            self.records.run(self._sync_in, list(dict.fromkeys(edit_ids)), {k[0]: k for k in keys})
+        self.records.run(self._sync_in, list(dict.fromkeys(edit_ids)), {k[0]: k for k in keys})
         point("sync:done")
 
     def _sync_in(self, connection, edit_ids: list[str], keys: dict[str, Key]) -> None:
@@ -359,10 +396,14 @@ class EditStore:
         self.index.upsert(given)
         point("sync:keys")
 
-    def repair(self) -> int:
-        """Finish what killed writers left: a clear, then every queued edit. Returns how many edits it synced."""
+    def repair(self, quiet: bool = False) -> int:
+        """Bring the key index up to the records: finish a clear, then every queued edit (what killed writers
+        left, and what processes without the index lease wrote). Returns how many edits it synced."""
+        self.index  # noqa: B018 - takes the lease where the store has one
         if self.records.setting(self.name, "clearing"):
-            log.warning("lte: finishing a clear of edit set %s that an earlier process left half done", self.name)
+            if not quiet:
+                log.warning("lte: finishing a clear of edit set %s that an earlier process left half done",
+                            self.name)
             self._drop_index()
         synced = 0
         while True:
@@ -370,7 +411,7 @@ class EditStore:
                 queued = list(self.records.queued(connection, self.name, limit=1000))
             if not queued:
                 return synced
-            if not synced:
+            if not synced and not quiet:
                 log.warning("lte: finishing %d edit(s) of %s that an earlier writer left half written",
                             self.records.queue_size(self.name), self.name)
             self._sync(queued)
@@ -394,15 +435,13 @@ class EditStore:
     def rebuild_index(self, batch_size: int = 256, progress: bool = True) -> int:
         """Drop the key index and embed every current edit's keys again from the records. Returns the edits."""
         self.records.run(self.records.put_setting, self.name, "rebuilding", "1")
-        with self.lock.held():
-            self.index.drop()
+        self.index.drop()
         done, after = 0, 0
         with tqdm(total=self.count(), desc="rebuilding the key index", unit="edit", disable=not progress) as bar:
             while page := self.records.current_ids(self.name, after, batch_size):
                 edits = [r.edit for r in self.records.get(self.name, [i for _, i in page]).values()]
                 keys = self._embedded_keys(edits)
-                with self.lock.held():
-                    self.index.upsert(keys)
+                self.index.upsert(keys)
                 after, done = page[-1][0], done + len(page)
                 bar.update(len(page))
         self.records.run(self.records.put_setting, self.name, "rebuilding", None)
@@ -476,6 +515,7 @@ class EditStore:
         first. What the scope model or gate then decides on."""
         if not queries:
             return []
+        self._catch_up()
         queries = [nfc(q) for q in queries]  # as the edits are stored: one spelling per text
         # No count() to cap n_results: Chroma returns fewer rows when it has fewer, and count() scans the
         # collection (13 ms at 200k keys, more than the query itself).
@@ -515,6 +555,13 @@ class EditStore:
                 best[meta["edit_id"]] = (score, meta["text"])
         ranked = sorted(best.items(), key=lambda item: -item[1][0])[: 2 * k]  # re-ranked by relevance later
         return [(edit_id, round(score, 4), text) for edit_id, (score, text) in ranked]
+
+    def _catch_up(self) -> None:
+        """An embedded store's lease holder embeds what other processes wrote since (one indexed count when
+        nothing is queued)."""
+        if self.directory is not None and (self.records.queue_size(self.name)
+                                           or self.records.setting(self.name, "clearing")):
+            self.repair(quiet=True)
 
     def _current(self, ids: set[str]) -> dict[str, Edit]:
         """The edits among `ids` that the records hold as current (a key is briefly stale while a write syncs)."""

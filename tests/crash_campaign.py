@@ -80,13 +80,13 @@ def snapshot(store) -> dict[str, str]:
     return {s.edit.id: s.status for s in store.list(history=True)}
 
 
-def in_child(work, timeout_s: float = 120.0) -> int:
-    """Run `work()` in a forked child; its exit status (KILLED when a kill point ended it)."""
+def in_child(work, *args, timeout_s: float = 120.0) -> int:
+    """Run `work(*args)` in a forked child; its exit status (KILLED when a kill point ended it)."""
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
-            work()
+            work(*args)
             code = 0
         except BaseException as error:  # noqa: BLE001 - the parent reads the status; say why on stderr
             print(f"child failed: {type(error).__name__}: {error}", file=sys.stderr)
@@ -170,14 +170,14 @@ def campaign(out: Path, ops: list[str], limit: int | None) -> dict:
     embedder = Embedder()
     embedder.encode(["warm up"])
     template = out / "template" / "store"
-    if in_child(lambda: prepare(template, embedder)) != 0:
+    if in_child(prepare, template, embedder) != 0:
         raise SystemExit("could not prepare the template store")
     results: dict = {"kill_points": 0, "per_operation": {}, "violations": [], "seconds": 0.0}
     start = time.monotonic()
     for op_name in ops:
         trial = out / f"{op_name}-whole"
         shutil.copytree(template.parent, trial)
-        if in_child(lambda: count_points(trial / "store", op_name, trial / "count.json", embedder)) != 0:
+        if in_child(count_points, trial / "store", op_name, trial / "count.json", embedder) != 0:
             raise SystemExit(f"{op_name}: the uninterrupted run failed")
         counted = json.loads((trial / "count.json").read_text())
         points = len(counted["points"]) if limit is None else min(limit, len(counted["points"]))
@@ -185,11 +185,11 @@ def campaign(out: Path, ops: list[str], limit: int | None) -> dict:
         for n in range(1, points + 1):
             trial = out / f"{op_name}-{n}"
             shutil.copytree(template.parent, trial)
-            status = in_child(lambda: killed_run(trial / "store", op_name, n, embedder))
+            status = in_child(killed_run, trial / "store", op_name, n, embedder)
             if status != KILLED:
                 results["violations"].append(f"{op_name} kill point {n}: the writer ended with {status}, not killed")
                 continue
-            code = in_child(lambda: check(trial / "store", op_name, counted["final"], trial / "check.json", embedder))
+            code = in_child(check, trial / "store", op_name, counted["final"], trial / "check.json", embedder)
             problems = json.loads((trial / "check.json").read_text()) if code == 0 else [f"check exited {code}"]
             results["violations"] += [f"{op_name} killed at point {n} ({counted['points'][n - 1]}): {p}"
                                       for p in problems]

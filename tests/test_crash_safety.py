@@ -20,13 +20,13 @@ def test_a_writer_killed_at_each_of_200_kill_points_leaves_a_store_that_reopens_
                                                                                "restore", "clear"}
 
 
-def test_without_repair_a_killed_writer_leaves_stale_keys(tmp_path, monkeypatch):
-    """The campaign can see a broken store: with the repair on open disabled, a kill after the records of a
-    delete and before its keys leaves keys of an edit that no longer exists."""
+def test_without_repair_a_killed_writer_leaves_a_current_edit_without_keys(tmp_path):
+    """The campaign sees a broken store: with the repair on open disabled, a kill after the records of a restore
+    and before its keys leaves a current edit that no search can find."""
     done = subprocess.run([sys.executable, "-c", "from retrieval.store import EditStore; EditStore.repair = "
                            "lambda self: 0; from tests.crash_campaign import main; "
-                           f"main(['--out', {str(tmp_path)!r}, '--ops', 'delete', '--limit', '2'])"],
+                           f"main(['--out', {str(tmp_path)!r}, '--ops', 'restore', '--limit', '2'])"],
                           capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
-    assert summary["kill_points"] == 2 and any("keys_without_current=('" in v for v in summary["violations"])
+    assert summary["kill_points"] == 2 and any("current_without_keys=('" in v for v in summary["violations"])

@@ -229,4 +229,4 @@ def calibrate_scope(store, cases, args, settings) -> int:
 
 def scope_folder(store, settings) -> Path:
     """Where a store's own scope model lives: beside an embedded store's data, else under HOME."""
-    return Path(store.lock.directory or settings.home / "scopes") / f"scope-{store.name}"
+    return Path(store.directory or settings.home / "scopes") / f"scope-{store.name}"
