@@ -34,22 +34,27 @@ class IndexLease:
 
     def __init__(self, directory: Path | None, wait_s: float = 600.0):
         self.directory, self.wait_s = directory, wait_s
-        # thread_local=False: the store's writer thread uses the index under its owner's lease
-        self._lock = FileLock(str(directory / LEASE_FILE), thread_local=False) if directory else None
+        # thread_local=False: the store's writer thread uses the index under its owner's lease. is_singleton: every
+        # store of one process on this folder shares one lock (Chroma shares one client per folder in a process),
+        # counting its holders
+        self._lock = (FileLock(str(directory / LEASE_FILE), thread_local=False, is_singleton=True)
+                      if directory else None)
+        self._mine = False
 
     @property
     def held(self) -> bool:
-        return self._lock is None or self._lock.is_locked
+        return self._lock is None or self._mine
 
     def try_take(self) -> bool:
-        """Take the lease if it is free now; True when this process holds it."""
+        """Take the lease if it is free now (or this process has it already); True when this store holds it."""
         if self.held:
             return True
         try:
             self._lock.acquire(timeout=0)
-            return True
         except Timeout:
             return False
+        self._mine = True
+        return True
 
     def take(self) -> None:
         """Take the lease, waiting (and saying so) while another process holds it."""
@@ -59,11 +64,13 @@ class IndexLease:
                     "through its API, or keep the keys on a Chroma server with --chroma-url)", self.directory)
         try:
             self._lock.acquire(timeout=self.wait_s)
+            self._mine = True
         except Timeout:
             raise StoreBusyError(f"{self.directory}: another lte process has kept the store open for over "
                                  f"{self.wait_s:.0f} s; ask through that process (lte serve's API), or use a "
                                  "Chroma server (--chroma-url) for several processes") from None
 
     def release(self) -> None:
-        if self._lock is not None and self._lock.is_locked:
-            self._lock.release(force=True)
+        if self._lock is not None and self._mine:
+            self._lock.release()
+            self._mine = False

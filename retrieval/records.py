@@ -138,12 +138,23 @@ class RecordDB:
         self.engine = create_engine(url)
         self.writer = self.engine.execution_options(**{WRITE: True})
         self.postgres = self.engine.dialect.name == "postgresql"
-        try:
-            metadata.create_all(self.engine)
-        except IntegrityError:  # two processes created the tables at once (PostgreSQL); they exist now
-            pass
-        except OperationalError as error:
-            raise RecordsUnavailableError(f"cannot open the edit records at {self.describe()}: {error.orig}") from None
+        self._create_tables()
+
+    def _create_tables(self) -> None:
+        """The tables, if missing. Several processes opening a new store at once race here: SQLite answers the
+        losers 'database is locked' (switching to WAL takes the file whole) or 'already exists', PostgreSQL a
+        unique violation; each tries again until the tables are there."""
+        for attempt in range(RETRIES):
+            try:
+                metadata.create_all(self.engine)
+                return
+            except (IntegrityError, OperationalError) as error:
+                text = str(error).lower()
+                if attempt == RETRIES - 1 or not ("locked" in text or "already exists" in text
+                                                  or isinstance(error, IntegrityError)):
+                    raise RecordsUnavailableError(f"cannot open the edit records at {self.describe()}: "
+                                                  f"{error.orig}") from None
+                time.sleep(random.uniform(0.05, 0.2))
 
     def describe(self) -> str:
         return self.engine.url.render_as_string(hide_password=True)

@@ -42,18 +42,46 @@ def test_writers_in_several_processes_share_a_new_store(tmp_path):
     assert EditStore.open(tmp_path / "store").count() == 15
 
 
-def test_a_writer_waits_for_the_lock_and_says_so(tmp_path):
+def test_a_writer_beside_the_process_holding_the_index_adds_at_once_and_the_holder_finds_it(tmp_path, embedder):
+    """`lte edit add` while another process (an `lte serve`, here this one) holds the embedded store's index: the
+    edit goes into the records and the queue without waiting, and the holder's next search embeds and finds it."""
     from retrieval.store import EditStore
 
-    store = EditStore.open(tmp_path / "store")
+    store = EditStore.open(tmp_path / "store", embedder=embedder)
+    assert store.lease.held
     data = write_jsonl(tmp_path / "e.jsonl", [NEEDLE])
-    with store.lock.held():
-        process = lte_process("--store", str(tmp_path / "store"), "edit", "add", str(data))
-        with pytest.raises(subprocess.TimeoutExpired):
-            process.wait(timeout=8)  # blocked while we hold the lock
-    out, err = process.communicate(timeout=120)
-    assert process.returncode == 0 and "added 1" in out
-    assert "waiting for another lte process" in err
+    process = lte_process("--store", str(tmp_path / "store"), "edit", "add", str(data))
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0 and "added 1" in out, err[-500:]
+    assert store.records.queue_size("edits") >= 1  # written, its keys not yet
+    assert store.search("Where is the Space Needle?", gated=False)[0].edit.subject == "The Space Needle"
+    assert store.records.queue_size("edits") == 0 and store.verify().ok
+
+
+def test_a_search_waits_for_the_index_and_says_so(tmp_path, embedder):
+    import threading
+
+    from retrieval.store import EditStore
+
+    store = EditStore.open(tmp_path / "store", embedder=embedder)
+    store.add([Edit(**NEEDLE)], progress=False)
+    process = lte_process("--store", str(tmp_path / "store"), "edit", "search", "Where is the Space Needle?")
+    said = threading.Event()
+    errors: list[str] = []
+
+    def read_errors():
+        for line in process.stderr:
+            errors.append(line)
+            if "waiting for another lte process" in line:
+                said.set()
+
+    reader = threading.Thread(target=read_errors, daemon=True)
+    reader.start()
+    assert said.wait(timeout=300), "".join(errors)[-500:]  # it waits while we hold the index
+    assert process.poll() is None
+    store.close()  # let it go: the search completes
+    out = process.stdout.read()
+    assert process.wait(timeout=120) == 0 and "Space Needle" in out
 
 
 def test_a_delete_interrupted_between_its_writes_is_finished_at_the_next_open(tmp_path, monkeypatch):
