@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
@@ -285,26 +287,33 @@ class RecordDB:
 
     def enqueue(self, connection: Connection, collection: str, ids: Sequence[str]) -> None:
         """Mark edits whose keys must follow their status; a mark already there gets a new version, so a repair
-        that read the old one leaves it for the writer that set the new one."""
-        for edit_id in dict.fromkeys(ids):
-            updated = connection.execute(queue_table.update().where(
-                queue_table.c.collection == collection, queue_table.c.edit_id == edit_id)
-                .values(version=queue_table.c.version + 1))
-            if not updated.rowcount:
-                connection.execute(queue_table.insert().values(collection=collection, edit_id=edit_id, version=0))
+        that read the old one leaves it for the writer that set the new one. One statement for all the ids."""
+        ids = list(dict.fromkeys(ids))
+        if not ids:
+            return
+        insert = (postgresql_insert if self.postgres else sqlite_insert)(queue_table)
+        statement = insert.on_conflict_do_update(index_elements=[queue_table.c.collection, queue_table.c.edit_id],
+                                                 set_={"version": queue_table.c.version + 1})
+        connection.execute(statement, [{"collection": collection, "edit_id": i, "version": 0} for i in ids])
 
     def queued(self, connection: Connection, collection: str, ids: Sequence[str] | None = None,
                limit: int = 1000) -> dict[str, int]:
+        """{edit id: version} of queued edits: of `ids`, or the first `limit` of the collection."""
         query = sa.select(queue_table.c.edit_id, queue_table.c.version).where(queue_table.c.collection == collection)
-        if ids is not None:
-            query = query.where(queue_table.c.edit_id.in_(list(ids)))
-        return {row.edit_id: row.version for row in connection.execute(query.limit(limit))}
+        if ids is None:
+            return {row.edit_id: row.version for row in connection.execute(query.limit(limit))}
+        found: dict[str, int] = {}
+        for start in range(0, len(ids), SQL_CHUNK):
+            rows = connection.execute(query.where(queue_table.c.edit_id.in_(list(ids[start:start + SQL_CHUNK]))))
+            found.update((row.edit_id, row.version) for row in rows)
+        return found
 
     def dequeue(self, connection: Connection, collection: str, versions: dict[str, int]) -> None:
-        for edit_id, version in versions.items():
+        if versions:
             connection.execute(queue_table.delete().where(
-                queue_table.c.collection == collection, queue_table.c.edit_id == edit_id,
-                queue_table.c.version == version))
+                queue_table.c.collection == collection, queue_table.c.edit_id == sa.bindparam("edit"),
+                queue_table.c.version == sa.bindparam("seen")),
+                [{"edit": i, "seen": v} for i, v in versions.items()])
 
     def queue_size(self, collection: str) -> int:
         query = sa.select(sa.func.count()).select_from(queue_table).where(queue_table.c.collection == collection)
