@@ -176,3 +176,47 @@ def test_a_running_chroma_server_on_loopback(embedder, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_list_and_count_read_pages(store):
+    edits = [Edit(subject=f"Tower {i}", prompt=f"Tower {i} is located in", target_new="Goa") for i in range(7)]
+    store.add(edits, progress=False)
+    assert [s.edit.id for s in store.list(offset=2, limit=3)] == [e.id for e in edits[2:5]]
+    assert store.list(offset=6, limit=10)[0].edit.id == edits[6].id and store.count() == 7
+
+
+def test_check_finds_missing_keys_and_reindex_rebuilds_them(tmp_path, embedder, capsys):
+    from lte.cli import main
+
+    store = EditStore.open(tmp_path / "store", embedder=embedder)
+    store.add([NEEDLE, TOWER], progress=False)
+    assert store.verify().ok
+    store.index.remove_edits([NEEDLE.id])  # the index loses an edit's keys behind the store's back
+    assert store.verify().current_without_keys == (NEEDLE.id,)
+    store.close()
+    assert main(["--store", str(tmp_path / "store"), "edit", "check"]) == 1
+    assert "current edits missing keys: 1" in capsys.readouterr().out
+    assert main(["--store", str(tmp_path / "store"), "edit", "reindex"]) == 0
+    assert main(["--store", str(tmp_path / "store"), "edit", "check"]) == 0
+
+
+def test_a_store_with_its_records_in_chroma_is_moved_on_open(tmp_path, embedder):
+    """The layout before the records database: records as metadata of a `<name>-edits` collection."""
+    client = open_client(tmp_path / "old")
+    old = client.get_or_create_collection("edits-edits", embedding_function=None)
+    newer = Edit(subject=NEEDLE.subject, prompt=NEEDLE.prompt, target_new="Lima")
+    rows = [(NEEDLE, "superseded", newer.id, 1), (newer, "current", "", 2), (TOWER, "current", "", 3)]
+    old.add(ids=[e.id for e, *_ in rows], embeddings=[[0.0]] * 3,
+            metadatas=[{"edit": json.dumps(e.to_dict()), "slot": e.supersede_key, "status": status,
+                        "superseded_by": by, "seq": seq} for e, status, by, seq in rows])
+    keys = client.get_or_create_collection("edits-keys", metadata={"hnsw:space": "cosine"}, embedding_function=None)
+    vectors = embedder.encode([newer.prompt, TOWER.prompt]).tolist()
+    keys.add(ids=[f"{newer.id}:0", f"{TOWER.id}:0"], embeddings=vectors,
+             metadatas=[{"edit_id": e.id, "kind": "prompt", "text": e.prompt} for e in (newer, TOWER)])
+    del client, old, keys
+    store = EditStore.open(tmp_path / "old", embedder=embedder)
+    assert (store.count(), store.count(history=True)) == (2, 3)
+    assert store.get(NEEDLE.id).superseded_by == newer.id
+    assert [s.edit.id for s in store.list(history=True)] == [NEEDLE.id, newer.id, TOWER.id]  # the old order
+    assert "edits-edits" not in [c.name for c in store.client.list_collections()]
+    assert store.search("Where is the Space Needle?", gated=False)[0].edit.id == newer.id
