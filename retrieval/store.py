@@ -205,9 +205,7 @@ class EditStore:
             directory.mkdir(parents=True, exist_ok=True)
             records = RecordDB(records_url or sqlite_url(directory / RECORDS_FILE))
             store = cls(None, collection, embedder, gate, directory, scope, records)
-            store._index_if_free()  # the index (and its repair) now if no other process has it
-            return store
-        store.repair()
+            store._index_if_free()  # the index (its move from the old layout, its repair) now if no process has it
         return store
 
     def decider(self) -> str:
@@ -465,6 +463,9 @@ class EditStore:
             rows.sort(key=lambda m: m["seq"])
             settings = {k: v for k, v in (old.metadata or {}).items() if k in ("gate", "scope")}
             self.records.run(self._copy_legacy, rows, settings)
+            if hasattr(self, "gate"):  # an embedded store moved after its settings were read: read them again
+                self.gate = self.gate if self.gate is not UNFITTED else self.saved_gate() or UNFITTED
+                self.scope = self.scope or self.saved_scope()
             log.warning("lte: moved %d edit records of %s from Chroma into the records database %s", len(rows),
                         self.name, self.records.describe())
         self.client.delete_collection(legacy)
