@@ -398,6 +398,9 @@ class EditStore:
         """Bring the key index up to the records: finish a clear, then every queued edit (what killed writers
         left, and what processes without the index lease wrote). Returns how many edits it synced."""
         self.index  # noqa: B018 - takes the lease where the store has one
+        if not quiet and self.records.setting(self.name, "rebuilding"):
+            log.warning("lte: a rebuild of the key index of %s was interrupted; some current edits may have no "
+                        "keys until `lte edit reindex` is run again", self.name)
         if self.records.setting(self.name, "clearing"):
             if not quiet:
                 log.warning("lte: finishing a clear of edit set %s that an earlier process left half done",
