@@ -71,17 +71,24 @@ def mlp_projection(model: PreTrainedModel, layer: int) -> Projection:
     raise EditorUnavailableError(f"layer {layer}: MLP has no down_proj / c_proj")
 
 
+def subject_spans(tokenizer: PreTrainedTokenizerBase, text: str, subject: str) -> list[tuple[int, int]]:
+    """Every occurrence of the subject in `text` as a token range [first, stop), in order."""
+    matches = list(re.finditer(re.escape(subject.strip()), text, flags=re.IGNORECASE))
+    if not subject.strip() or not matches:
+        raise InputError(f"subject '{subject}' does not occur in the prompt {text[-120:]!r}")
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    spans = []
+    for match in matches:
+        covering = [i for i, (start, stop) in enumerate(offsets) if start < match.end() and stop > match.start()]
+        if not covering:
+            raise InputError(f"subject '{subject}': no token covers it in {text[-120:]!r}")
+        spans.append((covering[0], covering[-1] + 1))
+    return spans
+
+
 def subject_last_token(tokenizer: PreTrainedTokenizerBase, text: str, subject: str) -> int:
     """Index of the token holding the last character of the subject's last occurrence in `text`."""
-    matches = list(re.finditer(re.escape(subject.strip()), text, flags=re.IGNORECASE))
-    if not matches:
-        raise InputError(f"subject '{subject}' does not occur in the prompt {text[-120:]!r}")
-    end = matches[-1].end() - 1
-    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-    for index, (start, stop) in enumerate(offsets):
-        if start <= end < stop:
-            return index
-    raise InputError(f"subject '{subject}': no token covers it in {text[-120:]!r}")
+    return subject_spans(tokenizer, text, subject)[-1][1] - 1
 
 
 @dataclass

@@ -20,7 +20,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -36,7 +36,8 @@ from baselines.common import (
     rendered,
     subject_last_token,
 )
-from baselines.statistics import capture_inputs, contexts, layer_covariances, sample_prefixes
+from baselines.statistics import capture_inputs, contexts, layer_covariances, model_stats_dir, sample_prefixes
+from baselines.tracing import saved_layers
 from lte.core import files, prompting
 from lte.core.editor import ModelEditor
 from lte.core.errors import ConfigError
@@ -62,6 +63,8 @@ class LocateConfig:
     cov_tokens, corpus, seed: the covariance statistics (see ROMEConfig; the same cache).
     cache_targets: keep the targets computed on the unedited model (the first batch after a restore) in
     HOME/stats/<model>/targets-<settings>.pt and reuse them (see `unedited_targets`).
+    traced: replace `layers` by as many consecutive layers where the model's causal trace (`lte trace --dataset
+    known_1000 --save`) puts the largest MLP effect at the subject's last token (`baselines.tracing`).
     """
 
     layers: tuple[int, ...] = (3, 4, 5, 6, 7)
@@ -78,6 +81,7 @@ class LocateConfig:
     corpus: tuple[str, ...] = ()
     seed: int = 0
     cache_targets: bool = True
+    traced: bool = False
 
 
 @dataclass
@@ -183,8 +187,7 @@ TARGET_FIELDS = ("prefixes", "prefix_tokens", "v_steps", "v_lr", "early_stop_nll
 def targets_path(loaded: LoadedModel, cfg: LocateConfig, home: Path) -> Path:
     settings = {name: getattr(cfg, name) for name in TARGET_FIELDS} | {"layer": cfg.layers[-1]}
     key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
-    model = hashlib.sha1(loaded.spec.encode()).hexdigest()[:10]
-    return home / "stats" / f"{Path(loaded.spec).name}-{model}" / f"targets-{key}.pt"
+    return model_stats_dir(loaded, home) / f"targets-{key}.pt"
 
 
 def edit_key(edit: Edit) -> str:
@@ -327,13 +330,15 @@ class LocateEditor(ModelEditor):
     def __init__(self, loaded: LoadedModel, cfg: LocateConfig | None = None, home: Path | None = None,
                  batch_size: int = 16):
         super().__init__(loaded, batch_size)
+        self.home = home or Settings.from_env().home
         self.cfg = cfg or self.config_class()
+        if self.cfg.traced:
+            self.cfg = replace(self.cfg, layers=saved_layers(loaded, self.home, len(self.cfg.layers)))
         count = len(decoder_layers(loaded.model))
         if not self.cfg.layers or any(not 0 <= layer < count for layer in self.cfg.layers):
             raise ConfigError(f"{self.name}: layers {list(self.cfg.layers)} out of range for {count} layers")
         if list(self.cfg.layers) != sorted(set(self.cfg.layers)):
             raise ConfigError(f"{self.name}: layers must be distinct and increasing, got {list(self.cfg.layers)}")
-        self.home = home or Settings.from_env().home
         self.backup = WeightBackup()
         self.log: list[BatchLog] = []
         self._prefixes: list[str] | None = None
@@ -394,10 +399,11 @@ class LocateEditor(ModelEditor):
         return entry
 
     def stats(self) -> dict:
+        layers = {"layers": list(self.cfg.layers)}  # as edited: `traced` replaces the configured ones
         if not self.log:
-            return {}
-        return {"batches": len(self.log), "z_nll": round(sum(b.z_nll for b in self.log) / len(self.log), 4),
-                "max_update_rank": max(max(b.update_rank.values()) for b in self.log)}
+            return layers
+        return layers | {"batches": len(self.log), "z_nll": round(sum(b.z_nll for b in self.log) / len(self.log), 4),
+                         "max_update_rank": max(max(b.update_rank.values()) for b in self.log)}
 
     def restore(self) -> None:
         self.backup.restore()

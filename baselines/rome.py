@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -30,6 +30,7 @@ from baselines.common import (
     subject_last_token,
 )
 from baselines.statistics import capture_inputs, contexts, layer_covariances, regularised, sample_prefixes
+from baselines.tracing import saved_layers
 from lte.core import prompting
 from lte.core.editor import ModelEditor
 from lte.core.errors import ConfigError
@@ -48,6 +49,8 @@ class ROMEConfig:
     kl_factor: weight of the KL term on "{subject} is a"; weight_decay: on ‖δ‖²/‖v‖²; clamp_norm: ‖δ‖ ≤ clamp·‖v‖.
     cov_tokens: tokens of text the covariance C is estimated on; ridge: C + ridge·mean(diag C)·I.
     corpus: text files or `datasets` names for C; empty = text sampled from the model itself (offline).
+    traced: replace `layer` by the peak of the MLP's effect at the subject's last token in the model's causal trace
+    (`lte trace --dataset known_1000 --save`; `baselines.tracing`).
     """
 
     layer: int = 4
@@ -63,6 +66,7 @@ class ROMEConfig:
     ridge: float = 0.01
     corpus: tuple[str, ...] = ()
     seed: int = 0
+    traced: bool = False
 
 
 @dataclass
@@ -174,12 +178,14 @@ class ROMEEditor(ModelEditor):
     def __init__(self, loaded: LoadedModel, cfg: ROMEConfig | None = None, home: Path | None = None,
                  batch_size: int = 16):
         super().__init__(loaded, batch_size)
+        self.home = home or Settings.from_env().home
         self.cfg = cfg or ROMEConfig()
+        if self.cfg.traced:
+            self.cfg = replace(self.cfg, layer=saved_layers(loaded, self.home, 1)[0])
         layers = len(decoder_layers(loaded.model))
         if not 0 <= self.cfg.layer < layers:
             raise ConfigError(f"rome: layer {self.cfg.layer} out of range for {layers} layers")
         self.projection = mlp_projection(loaded.model, self.cfg.layer)
-        self.home = home or Settings.from_env().home
         self.backup = WeightBackup()
         self.log: list[EditLog] = []
         self._cov: torch.Tensor | None = None
@@ -217,6 +223,9 @@ class ROMEEditor(ModelEditor):
                  norm, nll, steps)
         self.log.append(entry)
         return entry
+
+    def stats(self) -> dict:
+        return {"layer": self.cfg.layer}  # as edited: `traced` replaces the configured one
 
     def restore(self) -> None:
         self.backup.restore()

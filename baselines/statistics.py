@@ -20,10 +20,20 @@ from lte.core.schema import Edit
 log = logging.getLogger(__name__)
 
 
+def model_stats_dir(loaded: LoadedModel, home: Path) -> Path:
+    """HOME/stats/<model>-<hash of its spec>: where everything known about one model before any edit is kept."""
+    model = hashlib.sha1(loaded.spec.encode()).hexdigest()[:10]
+    return home / "stats" / f"{Path(loaded.spec).name}-{model}"
+
+
 def covariance_path(loaded: LoadedModel, layer: int, corpus: Sequence[str], tokens: int, home: Path) -> Path:
     source = hashlib.sha1("|".join(corpus).encode()).hexdigest()[:8] if corpus else "self"
-    model = hashlib.sha1(loaded.spec.encode()).hexdigest()[:10]
-    return home / "stats" / f"{Path(loaded.spec).name}-{model}" / f"cov-layer{layer}-{source}-{tokens}.pt"
+    return model_stats_dir(loaded, home) / f"cov-layer{layer}-{source}-{tokens}.pt"
+
+
+def trace_path(loaded: LoadedModel, home: Path) -> Path:
+    """The model's causal-trace summary (`lte trace --dataset ... --save`), read by editors set to `traced`."""
+    return model_stats_dir(loaded, home) / "trace.json"
 
 
 def layer_covariances(loaded: LoadedModel, layers: Sequence[int], corpus: Sequence[str], tokens: int, seed: int,

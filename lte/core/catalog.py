@@ -15,6 +15,8 @@ KNOWN = {
     "wiki_counterfact": "knowedit/wiki_counterfact_train_cf.json",
     "wiki_recent": "knowedit/wiki_recent_train.json",
 }
+# facts a model knows, not edits: `lte trace --dataset` averages causal traces over them
+FACTS = {"known_1000": "rome_knowns/known_1000.json"}
 QUICK = ["counterfact", "zsre", "mquake"]  # the default bench grid; the others by name
 # training splits, for `--data` of `lte align`, `lte scope train`, `lte train` and `lte edit calibrate`
 TRAINING = {
@@ -37,17 +39,18 @@ def dataset_path(name: str, settings: Settings) -> tuple[str, Path]:
     if "=" in name:
         label, path = name.split("=", 1)
         return label, Path(path)
-    if name not in KNOWN:
+    if name not in KNOWN and name not in FACTS:
         return name, Path(name)
     return name, known_path(name, settings)
 
 
 def known_path(name: str, settings: Settings) -> Path:
+    relative = KNOWN.get(name) or FACTS[name]
     folder = settings.datasets_dir
     if folder is None:
         raise InputError(f"dataset '{name}': no datasets folder found; point LTE_DATASETS or --datasets-dir at the "
-                         f"folder holding {KNOWN[name]}")
-    return folder / KNOWN[name]
+                         f"folder holding {relative}")
+    return folder / relative
 
 
 def shared_file(relative: str, settings: Settings) -> Path:
