@@ -74,17 +74,23 @@ def wait_until_up(url: str, process: subprocess.Popen, timeout_s: float = 180.0)
     raise RuntimeError(f"{url} did not come up in {timeout_s:.0f} s")
 
 
-@contextlib.contextmanager
-def chroma_server(path: Path) -> Iterator[str]:
-    """`chroma run` on a free loopback port; yields its URL."""
+def start_chroma(path: Path, port: int) -> subprocess.Popen:
+    """`chroma run` on a loopback port, returned once it answers; skips the test where the CLI is missing."""
     chroma = shutil.which("chroma") or str(Path(sys.executable).parent / "chroma")
     if not Path(chroma).exists():
         pytest.skip("the chroma CLI is not installed")
-    port = free_port()
     process = subprocess.Popen([chroma, "run", "--path", str(path), "--host", "127.0.0.1", "--port", str(port)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_until_up(f"http://127.0.0.1:{port}/api/v2/heartbeat", process)
+    return process
+
+
+@contextlib.contextmanager
+def chroma_server(path: Path) -> Iterator[str]:
+    """`chroma run` on a free loopback port; yields its URL."""
+    port = free_port()
+    process = start_chroma(path, port)
     try:
-        wait_until_up(f"http://127.0.0.1:{port}/api/v2/heartbeat", process)
         yield f"http://127.0.0.1:{port}"
     finally:
         process.terminate()

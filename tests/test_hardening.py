@@ -178,37 +178,15 @@ def test_an_edit_carrying_instructions_changes_nothing_for_other_subjects(tiny, 
     assert "HACKED" in user_turn and prompt.count("<|im_start|>") == 2  # data inside the fact block, nothing more
 
 
-def start_chroma(path, port):
-    import shutil
-    import time
-
-    import httpx
-
-    chroma = shutil.which("chroma") or str(__import__("pathlib").Path(sys.executable).parent / "chroma")
-    process = subprocess.Popen([chroma, "run", "--path", str(path), "--port", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(300):
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/api/v2/heartbeat", timeout=1)
-            return process
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    process.kill()
-    pytest.skip("chroma run did not start")
-
-
 def test_a_chroma_server_that_goes_away_gives_503_and_comes_back_without_a_restart(tiny, embedder, tmp_path):
-    import socket
-
     import httpx
 
     from lte.method.editor import LTEEditor
     from retrieval.store import EditStore
-    from tests.conftest import running_server
+    from tests.conftest import free_port, running_server
+    from tests.services import start_chroma
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     chroma = start_chroma(tmp_path / "chroma", port)
     try:
         store = EditStore.open(url=f"http://127.0.0.1:{port}", collection="down", embedder=embedder,

@@ -140,42 +140,15 @@ def test_named_collections_are_separate(embedder):
 
 
 def test_a_running_chroma_server_on_loopback(embedder, tmp_path):
-    import shutil
-    import socket
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
+    from tests.services import chroma_server
 
-    import httpx
-    import pytest
-
-    chroma = shutil.which("chroma") or str(Path(sys.executable).with_name("chroma"))
-    if not Path(chroma).exists():
-        pytest.skip("the chroma CLI is not installed")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen([chroma, "run", "--path", str(tmp_path / "server"), "--host", "127.0.0.1",
-                               "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(150):
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/api/v2/heartbeat", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+    with chroma_server(tmp_path / "server") as url:
         records = f"sqlite:///{tmp_path / 'records.sqlite3'}"
-        store = EditStore.open(url=f"http://127.0.0.1:{port}", collection="remote", embedder=embedder,
-                               records_url=records)
+        store = EditStore.open(url=url, collection="remote", embedder=embedder, records_url=records)
         assert store.add([NEEDLE, TOWER], progress=False).added == 2
         assert store.add([NEEDLE], progress=False).skipped == 1
-        again = EditStore.open(url=f"http://127.0.0.1:{port}", collection="remote", embedder=embedder,
-                               records_url=records)
+        again = EditStore.open(url=url, collection="remote", embedder=embedder, records_url=records)
         assert again.count() == 2 and again.search("Where is the Space Needle?")[0].edit.id == NEEDLE.id
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def test_list_and_count_read_pages(store):
