@@ -88,6 +88,16 @@ class Record:
     seq: int
 
 
+def page_query(collection: str, history: bool, offset: int, limit: int | None, after: int | None) -> sa.Select:
+    query = sa.select(edits_table).where(edits_table.c.collection == collection)
+    if not history:
+        query = query.where(edits_table.c.status == CURRENT)
+    if after is not None:
+        query = query.where(edits_table.c.seq > after)
+    query = query.order_by(edits_table.c.seq).offset(offset)
+    return query if limit is None else query.limit(limit)
+
+
 def sqlite_url(path) -> str:
     return f"sqlite:///{path}"
 
@@ -225,17 +235,14 @@ class RecordDB:
                 edits_table.c.slot.in_(list(slots[start:start + SQL_CHUNK])))).all()
         return [to_record(row) for row in rows]
 
-    def page(self, collection: str, history: bool = False, offset: int = 0, limit: int | None = None
-             ) -> list[Record]:
-        """Current edits (all with `history`), oldest first: `limit` rows from `offset`, read by the listing index."""
-        query = sa.select(edits_table).where(edits_table.c.collection == collection)
-        if not history:
-            query = query.where(edits_table.c.status == CURRENT)
-        query = query.order_by(edits_table.c.seq).offset(offset)
-        if limit is not None:
-            query = query.limit(limit)
+    def page(self, collection: str, history: bool = False, offset: int = 0, limit: int | None = None,
+             after: int | None = None) -> list[Record]:
+        """Current edits (all with `history`), oldest first: `limit` rows from `offset`, or, with `after` (a seq
+        from an earlier page), the rows after it. Both read the listing index; `after` seeks to the page, so it
+        costs O(limit) anywhere in the store, where `offset` steps over the rows before it."""
         with self.engine.connect() as connection:
-            return [to_record(row) for row in connection.execute(query)]
+            return [to_record(row) for row in connection.execute(page_query(collection, history, offset, limit,
+                                                                            after))]
 
     def count(self, collection: str, history: bool = False) -> int:
         query = sa.select(sa.func.count()).select_from(edits_table).where(edits_table.c.collection == collection)

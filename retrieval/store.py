@@ -68,6 +68,7 @@ class StoredEdit:
     edit: Edit
     status: str
     superseded_by: str = ""
+    seq: int = 0  # its place in the listing order: `list(after=seq)` continues after it
 
 
 @dataclass(frozen=True)
@@ -422,9 +423,10 @@ class EditStore:
         """Check the invariants over the whole store: every current edit has all its keys, no key belongs to an
         edit that is not current, one current edit per slot, nothing queued. Reads everything: O(store)."""
         current: dict[str, list[str]] = {}
-        for offset in range(0, self.count() + 1, 10_000):
-            current.update((r.edit.id, key_ids(r.edit)) for r in self.records.page(self.name, offset=offset,
-                                                                                   limit=10_000))
+        page = self.records.page(self.name, limit=10_000)
+        while page:
+            current.update((r.edit.id, key_ids(r.edit)) for r in page)
+            page = self.records.page(self.name, limit=10_000, after=page[-1].seq)
         present = self.index.present([k for ids in current.values() for k in ids])
         indexed = set().union(*self.index.edit_ids())
         return StoreCheck(len(current), len(present),
@@ -490,10 +492,12 @@ class EditStore:
         found = self.records.get(self.name, [edit_id]).get(edit_id)
         return stored(found) if found else None
 
-    def list(self, history: bool = False, offset: int = 0, limit: int | None = None) -> list[StoredEdit]:
-        """Current edits (and superseded ones with history=True), oldest first; `limit` of them from `offset`
-        costs O(limit), whatever the store's size."""
-        return [stored(r) for r in self.records.page(self.name, history, offset, limit)]
+    def list(self, history: bool = False, offset: int = 0, limit: int | None = None,
+             after: int | None = None) -> list[StoredEdit]:
+        """Current edits (and superseded ones with history=True), oldest first; `limit` of them from `offset`,
+        or after the edit whose `seq` is `after` (O(limit) wherever the page is: pass the last `seq` of a page to
+        get the next)."""
+        return [stored(r) for r in self.records.page(self.name, history, offset, limit, after)]
 
     def count(self, history: bool = False) -> int:
         return self.records.count(self.name, history)
@@ -610,16 +614,16 @@ class EditStore:
 
     def export(self, path: Path, history: bool = False, page: int = 10_000) -> int:
         """Write edits as JSONL (atomically), a page at a time, and return how many."""
-        written = 0
+        written, after = 0, None
         with files.atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as handle:
-            while rows := self.list(history, written, page):
+            while rows := self.list(history, limit=page, after=after):
                 handle.writelines(json.dumps(item.edit.to_dict(), ensure_ascii=False) + "\n" for item in rows)
-                written += len(rows)
+                written, after = written + len(rows), rows[-1].seq
         return written
 
 
 def stored(record: Record) -> StoredEdit:
-    return StoredEdit(record.edit, record.status, record.superseded_by)
+    return StoredEdit(record.edit, record.status, record.superseded_by, record.seq)
 
 
 def newest_per_slot(edits: Sequence[Edit]) -> dict[str, Edit]:

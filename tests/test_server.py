@@ -54,6 +54,12 @@ def test_edits_api_and_live_effect_on_the_next_request(server):
         assert unrelated["lte"]["edits"] == [] and unrelated["object"] == "text_completion"
         assert c.get(f"/v1/edits/{edit_id}").json()["target_new"] == "Goa"
         assert c.get("/v1/edits").json()["total"] == 1
+        tower = c.post("/v1/edits", json={"subject": "The Eiffel Tower", "prompt": "The Eiffel Tower is located in",
+                                          "target_new": "Rome"}).json()["ids"][0]
+        first = c.get("/v1/edits", params={"limit": 1}).json()
+        following = c.get("/v1/edits", params={"limit": 1, "after": first["next_after"]}).json()
+        assert [first["data"][0]["id"], following["data"][0]["id"]] == [edit_id, tower]
+        assert c.delete(f"/v1/edits/{tower}").json()["deleted"]
         assert c.post("/v1/edits/search", json={"query": "Space Needle location"}).json()["data"][0]["id"] == edit_id
         assert c.delete(f"/v1/edits/{edit_id}").json()["deleted"]
         assert c.get("/v1/edits").json()["total"] == 0

@@ -156,6 +156,22 @@ def test_list_and_count_read_pages(store):
     store.add(edits, progress=False)
     assert [s.edit.id for s in store.list(offset=2, limit=3)] == [e.id for e in edits[2:5]]
     assert store.list(offset=6, limit=10)[0].edit.id == edits[6].id and store.count() == 7
+    first = store.list(limit=3)
+    assert [s.edit.id for s in store.list(limit=3, after=first[-1].seq)] == [e.id for e in edits[3:6]]
+
+
+def test_a_page_after_a_seq_seeks_by_the_listing_index():
+    import sqlalchemy as sa
+
+    from retrieval.records import create_engine, metadata, page_query
+
+    engine = create_engine("sqlite://")
+    metadata.create_all(engine)
+    query = page_query("edits", False, 0, 50, after=123_456)
+    with engine.connect() as connection:
+        plan = " ".join(str(row[-1]) for row in connection.execute(
+            sa.text("EXPLAIN QUERY PLAN " + str(query.compile(engine, compile_kwargs={"literal_binds": True})))))
+    assert "USING INDEX lte_edits_listing" in plan and "seq>?" in plan.replace(" ", "")  # a seek, not a scan
 
 
 def test_check_finds_missing_keys_and_reindex_rebuilds_them(tmp_path, embedder, capsys):

@@ -101,10 +101,16 @@ def run_add(args, settings) -> int:
 
 
 def run_list(args, settings) -> int:
-    stored = open_store(settings).list(history=args.history, offset=args.offset, limit=args.limit or None)
-    for item in stored:
-        status = "" if item.status == "current" else f"  [superseded by {item.superseded_by}]"
-        print(f"{item.edit.id}  {item.edit.statement}{status}")
+    store, shown, offset, after = open_store(settings), 0, args.offset, None
+    while not args.limit or shown < args.limit:  # pages of 10,000, each after the last: memory stays flat
+        size = min(10_000, args.limit - shown) if args.limit else 10_000
+        page = store.list(history=args.history, offset=offset, limit=size, after=after)
+        for item in page:
+            status = "" if item.status == "current" else f"  [superseded by {item.superseded_by}]"
+            print(f"{item.edit.id}  {item.edit.statement}{status}")
+        if len(page) < size:
+            break
+        shown, offset, after = shown + len(page), 0, page[-1].seq
     return 0
 
 

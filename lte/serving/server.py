@@ -369,12 +369,15 @@ async def add_edits(request: Request, service: Service = Depends(service_of)):
 
 
 @api.get("/edits")
-def list_edits(offset: int = 0, limit: int = 50, history: bool = False,
+def list_edits(offset: int = 0, limit: int = 50, history: bool = False, after: int | None = None,
                service: Service = Depends(service_of)) -> dict:
+    """A page of edits, oldest first: from `offset`, or after the `next_after` of the previous page (a seek, as
+    cheap at the end of a large store as at its start)."""
     if offset < 0 or not 1 <= limit <= 1000:
         raise APIError(400, "offset must be ≥ 0 and limit between 1 and 1000")
-    page = service.store.list(history=history, offset=offset, limit=limit)  # O(limit), not O(store)
+    page = service.store.list(history=history, offset=offset, limit=limit, after=after)
     return {"object": "list", "total": service.store.count(history), "offset": offset,
+            "next_after": page[-1].seq if len(page) == limit else None,
             "data": [{**s.edit.to_dict(), "status": s.status, "superseded_by": s.superseded_by} for s in page]}
 
 
