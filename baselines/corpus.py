@@ -50,7 +50,7 @@ def _source_texts(sources: Sequence[str]) -> Iterator[str]:
 
 def _model_texts(loaded: LoadedModel, tokens: int, seed: int, length: int = 96) -> Iterator[str]:
     instructions = data_lines("instructions.txt")
-    entities = [f"Tell me about {line}." for line in _entity_names()]
+    entities = [f"Tell me about {line}." for line in entity_names()]
     requests = instructions + entities
     random.Random(seed).shuffle(requests)
     runner = ModelRunner(loaded.model, loaded.tokenizer, batch_size=16)
@@ -64,6 +64,7 @@ def _model_texts(loaded: LoadedModel, tokens: int, seed: int, length: int = 96) 
             return
 
 
-def _entity_names() -> list[str]:
+def entity_names() -> list[str]:
+    """The people, companies, landmarks, countries and cities of data/entities.json."""
     tables = json.loads(data_path("entities.json").read_text())
     return [name for kind in ("person", "company", "landmark", "country", "city") for name in tables[kind]]

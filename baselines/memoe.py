@@ -12,19 +12,23 @@ public; the choices the paper leaves open here are ours, hence "MEMoE-style":
   first forward and kept while generation continues it), or, with `unanchored="skip"`, reaches no expert;
 - routing is per token (causal: a teacher-forced target never changes the routing of the prompt before it);
 - experts are rank-r products Bₑ Aₑ with B zero-initialised (an untrained adaptor changes nothing);
-- per batch: Adam on the adaptor (experts and router) for `steps`, loss = the edits' target NLL + `retain_weight` ×
-  KL to the unedited model of the first answer token after neutral model-written sentences rendered as prompts +
-  `silence_weight` × the adaptor's output energy on those prompts' tokens (every scored question is a chat-rendered
-  prompt, and the adaptor acts on all of its tokens). Later batches keep training the same adaptor (MEMoE;
-  LEMoE's frozen per-batch experts are not built).
-The loss terms, the handling of unanchored inputs, steps and learning rate were picked with a small sweep
-(results/memoe-sweep.txt); the layer (10 of 30, mid-depth), 4 experts, top-1 and rank 16 were not swept: the sweep
-stopped once it showed the retain loss, not the layer, deciding locality.
+- sequential batches (`batches`): MEMoE keeps training one adaptor, and later batches overwrite earlier ones
+  (`"shared"`); by default each apply call trains a new adaptor and freezes the earlier ones, as LEMoE (Wang & Li,
+  2024) does, and an input reaches the adaptor of the batch that edited its anchor subject (an unanchored input,
+  routed, the adaptor whose subjects' anchors are nearest its own);
+- per batch: Adam on the new adaptor for `steps`, loss = the edits' target NLL + `essence_weight` × KL to the
+  unedited model over the unedited model's own answer to "Tell me about <subject>." (free text about an edited
+  subject keeps its form; ROME's essence term reads one token, this reads `essence_tokens`) + with routed inputs,
+  `retain_weight` × KL of the first answer token after neutral model-written prompts and after each edit prompt
+  with another entity as its subject, and `silence_weight` × the adaptor's output energy on the neutral prompts.
+The loss terms, the handling of unanchored inputs, steps and learning rate were picked with small sweeps
+(results/memoe-sweep.txt).
 """
 
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -32,6 +36,7 @@ import torch
 from torch import nn
 
 from baselines.common import ForwardInputs, decoder_layers, frozen_parameters, mlp_projection, target_nll
+from baselines.corpus import entity_names
 from baselines.locate import run_rows
 from baselines.statistics import sample_prefixes
 from lte.core import prompting
@@ -39,24 +44,31 @@ from lte.core.editor import ModelEditor
 from lte.core.errors import ConfigError
 from lte.core.models import LoadedModel
 from lte.core.schema import Edit
-from lte.core.scoring import kept_logits
+from lte.core.scoring import ModelRunner, kept_logits
 from lte.core.settings import Settings
 
 log = logging.getLogger(__name__)
+
+ESSENCE_QUESTION = "Tell me about {}."
 
 
 @dataclass
 class MEMoEConfig:
     """layer: the MLP output projection the adaptor sits beside. experts, top_k, rank: the mixture (the paper's
     single layer, a few experts, top-1; rank keeps each expert small). scale: λ above. anchor_weight: w above, how
-    much the anchor counts against the token in routing. unanchored: what an input naming no edited subject gets —
-    "route" (the paper: every input reaches an expert, its anchor being the mean of its own token embeddings) or
-    "skip" (ours, the default: no expert, the model's own output; routed, 10 edits kept none of the neighbours'
-    answers, results/memoe-sweep.txt). steps, lr: Adam per batch of edits (20 at 4e-3: what this CPU affords per
-    batch, ~80 s for 10 edits; the targets are not fully learned, see the sweep). retain_weight: KL to the
-    unedited model of the first answer token after neutral prompts; silence_weight: the adaptor's output energy on
-    their tokens relative to the projection's own (cheap: the forward stops at the layer); retain_texts,
-    retain_tokens: those prompts (model-written sentences, 8 openings × 24 tokens). seed: the initialisation."""
+    much the anchor counts against the token in routing. batches: "new-experts" (the default: a new adaptor per
+    apply call, the earlier ones frozen, LEMoE) or "shared" (MEMoE: one adaptor trained on by every batch, which
+    forgets: ten batches of 10 CounterFact edits kept 0.16 of them, results/memoe-sweep.txt). unanchored: what an
+    input naming no edited subject gets — "route" (the paper: every input reaches an expert, its anchor being the
+    mean of its own token embeddings) or "skip" (ours, the default: no expert, the model's own output; routed, 10
+    edits kept none of the neighbours' answers). steps, lr: Adam per batch of edits (20 at 4e-3: what this CPU
+    affords per batch). essence_weight, essence_tokens, essence_rows: the KL over the unedited model's answer to
+    "Tell me about <subject>." (its first `essence_tokens` tokens, for at most `essence_rows` edits of a batch).
+    retain_weight: with routed inputs, KL to the unedited model of the first answer token after neutral prompts and
+    after the edit prompts with another subject; silence_weight: the adaptor's output energy on the neutral
+    prompts' tokens relative to the projection's own (a forward that stops at the layer); retain_texts,
+    retain_tokens: those prompts (model-written sentences, 8 openings × 24 tokens). seed: the initialisation and
+    the substituted subjects."""
 
     layer: int = 10
     experts: int = 4
@@ -64,9 +76,13 @@ class MEMoEConfig:
     rank: int = 16
     scale: float = 1.0
     anchor_weight: float = 2.0
+    batches: str = "new-experts"
     unanchored: str = "skip"
     steps: int = 20
     lr: float = 4e-3
+    essence_weight: float = 1.0
+    essence_tokens: int = 12
+    essence_rows: int = 16
     retain_weight: float = 1.0
     silence_weight: float = 1.0
     retain_texts: int = 8
@@ -76,15 +92,17 @@ class MEMoEConfig:
     def __post_init__(self):
         if self.unanchored not in ("route", "skip"):
             raise ValueError(f"unanchored must be 'route' or 'skip', got {self.unanchored!r}")
+        if self.batches not in ("new-experts", "shared"):
+            raise ValueError(f"batches must be 'new-experts' or 'shared', got {self.batches!r}")
 
 
 class MoEAdaptor(nn.Module):
     """The experts and the router of one projection: `forward(x, anchor)` is λ Σ Gₑ Bₑ Aₑ x for inputs x
     (rows × tokens × f) and one anchor per row (rows × e)."""
 
-    def __init__(self, in_dim: int, out_dim: int, anchor_dim: int, cfg: MEMoEConfig):
+    def __init__(self, in_dim: int, out_dim: int, anchor_dim: int, cfg: MEMoEConfig, seed: int):
         super().__init__()
-        generator = torch.Generator().manual_seed(cfg.seed)
+        generator = torch.Generator().manual_seed(seed)
         self.cfg = cfg
         self.down = nn.Parameter(torch.randn(cfg.experts, in_dim, cfg.rank, generator=generator) / in_dim ** 0.5)
         self.up = nn.Parameter(torch.zeros(cfg.experts, cfg.rank, out_dim))
@@ -117,24 +135,42 @@ def find_span(ids: Sequence[int], pattern: Sequence[int]) -> int:
 
 
 class Anchors:
-    """The anchor of every row of the forward being run: the mean input embedding of the longest known subject in
-    the row's tokens, else of all its real tokens. Set at a sequence's first forward (a pre-hook on the model); a
-    forward that continues a cache (generation) keeps them."""
+    """The anchor of every row of the forward being run — the mean input embedding of the longest known subject in
+    the row's tokens, else of all its real tokens — and the adaptor the row reaches: the one that owns that subject,
+    else (routed) the one whose subjects' anchors are nearest, else none (−1). Set at a sequence's first forward (a
+    pre-hook on the model); a forward that continues a cache (generation) keeps them. While an adaptor trains,
+    `training` sends every unanchored row to it."""
 
-    def __init__(self, loaded: LoadedModel):
-        self.loaded = loaded
+    def __init__(self, loaded: LoadedModel, route_unanchored: bool):
+        self.loaded, self.route_unanchored = loaded, route_unanchored
         self.inputs = ForwardInputs(loaded.model)
-        self.subjects: list[list[int]] = []  # token ids of every subject form, longest first
+        self.owner: dict[tuple[int, ...], int] = {}  # token ids of a subject form → the adaptor that edited it
+        self.subjects: list[tuple[int, ...]] = []  # the forms, longest first
+        self.keys: list[torch.Tensor] = []  # per adaptor: its subjects' anchors, normalised (subjects × e)
+        self.training: int | None = None
         self.current: torch.Tensor | None = None
-        self.found: torch.Tensor | None = None  # per row: whether a known subject was found
+        self.reach: torch.Tensor | None = None  # per row: the adaptor's index, or −1
         self.handle = loaded.model.register_forward_pre_hook(self._find, with_kwargs=True)
 
-    def add_subjects(self, subjects: Sequence[str]) -> None:
-        tokenizer = self.loaded.tokenizer
+    def add_subjects(self, subjects: Sequence[str], adaptor: int) -> None:
+        tokenizer, embed = self.loaded.tokenizer, self.loaded.model.get_input_embeddings()
         forms = {tuple(tokenizer(text, add_special_tokens=False)["input_ids"]) for s in subjects
-                 for text in (s, " " + s)}
-        known = {tuple(f) for f in self.subjects} | {f for f in forms if f}
-        self.subjects = sorted((list(f) for f in known), key=len, reverse=True)
+                 for text in (s, " " + s)} - {()}
+        self.owner.update({form: adaptor for form in forms})
+        self.subjects = sorted(self.owner, key=len, reverse=True)
+        device = embed.weight.device
+        with torch.no_grad():
+            keys = torch.stack([embed(torch.tensor(f, device=device)).mean(0) for f in sorted(forms)])
+        keys = nn.functional.normalize(keys.float(), dim=-1)
+        if adaptor < len(self.keys):
+            self.keys[adaptor] = torch.cat([self.keys[adaptor], keys])
+        else:
+            self.keys.append(keys)
+
+    def nearest(self, anchor: torch.Tensor) -> int:
+        """The adaptor whose subjects' anchors are nearest (cosine) to an unanchored row's own."""
+        anchor = nn.functional.normalize(anchor.float(), dim=-1)
+        return int(torch.stack([(keys @ anchor).max() for keys in self.keys]).argmax())
 
     def _find(self, module, args, kwargs) -> None:
         ids = kwargs.get("input_ids", args[0] if args else None)
@@ -144,27 +180,41 @@ class Anchors:
             return
         mask = self.inputs.mask(ids.shape[0], ids.shape[1], ids.device)
         embeddings = self.loaded.model.get_input_embeddings()(ids).detach()
-        anchors, found = [], []
+        anchors, reach = [], []
         for row in range(ids.shape[0]):
-            tokens = ids[row][mask[row]].tolist()
-            chosen = embeddings[row][mask[row]]
-            anchors.append(chosen.mean(0))
-            found.append(False)
+            tokens, chosen = ids[row][mask[row]].tolist(), embeddings[row][mask[row]]
+            anchor, owner = chosen.mean(0), -1
             for subject in self.subjects:  # longest first
                 start = find_span(tokens, subject)
                 if start >= 0:
-                    anchors[-1], found[-1] = chosen[start:start + len(subject)].mean(0), True
+                    anchor, owner = chosen[start:start + len(subject)].mean(0), self.owner[subject]
                     break
-        self.current, self.found = torch.stack(anchors), torch.tensor(found, device=ids.device)
+            if owner < 0 and self.route_unanchored and self.keys:
+                owner = self.training if self.training is not None else self.nearest(anchor)
+            anchors.append(anchor)
+            reach.append(owner)
+        self.current, self.reach = torch.stack(anchors), torch.tensor(reach, device=ids.device)
 
     def remove(self) -> None:
         self.handle.remove()
         self.inputs.remove()
 
 
+def swapped_prompts(edits: Sequence[Edit], seed: int) -> list[str]:
+    """Each edit prompt with another entity lte ships (data/entities.json) as its subject: the same relation about
+    another subject, which the edit must leave alone."""
+    names, chooser = entity_names(), random.Random(seed)
+    swapped = []
+    for edit in edits:
+        other = chooser.choice([n for n in names if n.lower() != edit.subject.lower()])
+        swapped.append(edit.prompt.replace(edit.subject, other) if edit.subject in edit.prompt
+                       else f"{other}: {edit.prompt}")
+    return swapped
+
+
 class MEMoEEditor(ModelEditor):
-    """Each apply call trains the adaptor on that call's edits (one batch); `restore` removes it: the model's own
-    weights are never written."""
+    """Each apply call trains an adaptor on that call's edits (one batch); `restore` removes them all: the model's
+    own weights are never written."""
 
     name = "memoe"
     config_class = MEMoEConfig
@@ -177,9 +227,10 @@ class MEMoEEditor(ModelEditor):
             raise ConfigError(f"memoe: layer {self.cfg.layer} out of range for {count} layers")
         if not 1 <= self.cfg.top_k <= self.cfg.experts:
             raise ConfigError(f"memoe: top_k must be between 1 and experts ({self.cfg.experts}), got {self.cfg.top_k}")
-        self.adaptor: MoEAdaptor | None = None
+        self.adaptors = nn.ModuleList()
         self.anchors: Anchors | None = None
         self._handle = None
+        self.active = True
         self._retain: tuple[list[str], torch.Tensor] | None = None
         self.last_bypass: tuple[torch.Tensor, torch.Tensor] | None = None
         self.log: list[dict] = []
@@ -189,34 +240,48 @@ class MEMoEEditor(ModelEditor):
                     batch_size: int = 16) -> MEMoEEditor:
         return cls(loaded, config, batch_size)
 
-    def ensure_adaptor(self) -> MoEAdaptor:
-        if self.adaptor is None:
-            projection = mlp_projection(self.loaded.model, self.cfg.layer)
-            out_dim, in_dim = projection.as_out_in().shape
-            anchor_dim = self.loaded.model.get_input_embeddings().weight.shape[1]
-            self.adaptor = MoEAdaptor(in_dim, out_dim, anchor_dim, self.cfg).to(projection.weight.device)
-            self.anchors = Anchors(self.loaded)
+    # ------------------------------------------------------------ the adaptors and their hook
+
+    def next_adaptor(self) -> int:
+        """The adaptor this batch trains: a new one (frozen when its batch ends), or the one shared adaptor."""
+        projection = mlp_projection(self.loaded.model, self.cfg.layer)
+        if self.anchors is None:
+            self.anchors = Anchors(self.loaded, self.cfg.unanchored == "route")
             self._handle = projection.module.register_forward_hook(self.bypass)
-        return self.adaptor
+        if self.cfg.batches == "shared" and len(self.adaptors):
+            return 0
+        out_dim, in_dim = projection.as_out_in().shape
+        anchor_dim = self.loaded.model.get_input_embeddings().weight.shape[1]
+        seed = self.cfg.seed + len(self.adaptors)
+        self.adaptors.append(MoEAdaptor(in_dim, out_dim, anchor_dim, self.cfg, seed).to(projection.weight.device))
+        return len(self.adaptors) - 1
 
     def bypass(self, module, args, output):
-        """The projection's output plus the experts' (rows without an anchor skip them with unanchored='skip');
-        the added part is kept in `last_bypass` (with its base output) for the silence loss."""
-        added = self.adaptor(args[0], self.anchors.current).to(output.dtype)
-        if self.cfg.unanchored == "skip":
-            added = added * self.anchors.found[:, None, None].to(added.dtype)
+        """The projection's output plus, on each row, the output of the adaptor the row reaches (none: nothing
+        added); the added part is kept in `last_bypass` (with its base output) for the silence loss."""
+        added = torch.zeros_like(output)
+        if self.active:
+            reach = self.anchors.reach
+            for index in sorted(set(reach.tolist()) - {-1}):
+                rows = reach == index
+                added[rows] = self.adaptors[index](args[0][rows], self.anchors.current[rows]).to(output.dtype)
         self.last_bypass = (added, output)
         return output + added
 
-    def retain_set(self) -> tuple[list[str], torch.Tensor]:
-        """Neutral model-written sentences rendered as the harness renders a prompt (the form every scored question
-        takes) and the unedited model's next-token log-probabilities after each (computed once, before any edit)."""
-        if self._retain is None:
-            texts = [prompting.render(self.loaded.tokenizer, text)
-                     for text in sample_prefixes(self.loaded, self.cfg.retain_texts, self.cfg.retain_tokens)]
-            with torch.no_grad():
-                self._retain = texts, self.next_token_logprobs(texts)
-        return self._retain
+    def unedited(self):
+        """Context: the adaptors switched off (the unedited model's references)."""
+        editor = self
+
+        class Off:
+            def __enter__(self):
+                editor.active = False
+
+            def __exit__(self, *exc):
+                editor.active = True
+
+        return Off()
+
+    # ------------------------------------------------------------ the loss terms
 
     def next_token_logprobs(self, texts: Sequence[str]) -> torch.Tensor:
         """(texts × vocabulary): the distribution of the token after each text (where an answer begins)."""
@@ -224,61 +289,138 @@ class MEMoEEditor(ModelEditor):
                                       return_tensors="pt").to(self.loaded.model.device)
         return torch.log_softmax(kept_logits(self.loaded.model, 1, **batch)[:, -1].float(), -1)
 
-    def retain_losses(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """KL(unedited ‖ edited) of the first answer token after the neutral prompts, and the adaptor's output
-        energy on all their real tokens relative to the projection's own (a forward that stops at the layer)."""
-        texts, reference = self.retain_set()
-        kl = (reference.exp() * (reference - self.next_token_logprobs(texts))).sum(-1).mean()
-        if not self.cfg.silence_weight:
-            return kl, torch.zeros(())
+    def answer_logprobs(self, texts: Sequence[str], starts: Sequence[int]) -> torch.Tensor:
+        """(answer tokens × vocabulary): the distributions that predict each text's tokens from `starts[i]` on
+        (its answer), all texts' answers stacked."""
+        batch = self.loaded.tokenizer(list(texts), add_special_tokens=False, padding=True, padding_side="right",
+                                      return_tensors="pt").to(self.loaded.model.device)
+        logits = self.loaded.model(**batch).logits.float()
+        lengths = batch["attention_mask"].sum(1).tolist()
+        rows = [logits[i, start - 1:length - 1] for i, (start, length) in enumerate(zip(starts, lengths))]
+        return torch.log_softmax(torch.cat(rows), -1)
+
+    @staticmethod
+    def kl(reference: torch.Tensor, edited: torch.Tensor) -> torch.Tensor:
+        """KL(unedited ‖ edited), averaged over rows of log-probabilities."""
+        return (reference.exp() * (reference - edited)).sum(-1).mean()
+
+    def essence_set(self, edits: Sequence[Edit]) -> tuple[list[str], list[int], torch.Tensor]:
+        """For (at most `essence_rows` of) the batch's subjects: the question "Tell me about <subject>." rendered,
+        followed by the unedited model's own answer (`essence_tokens` tokens), where that answer starts, and the
+        unedited model's distributions over it."""
+        step = max(1, -(-len(edits) // self.cfg.essence_rows))
+        subjects = list(dict.fromkeys(e.subject for e in edits[::step]))
+        prompts = [prompting.render(self.loaded.tokenizer, ESSENCE_QUESTION.format(s)) for s in subjects]
+        with torch.no_grad(), self.unedited():
+            answers = ModelRunner(self.loaded.model, self.loaded.tokenizer).generate(prompts, self.cfg.essence_tokens)
+            texts = [p + a for p, a in zip(prompts, answers)]
+            starts = [len(self.loaded.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+            return texts, starts, self.answer_logprobs(texts, starts)
+
+    def retain_set(self) -> tuple[list[str], torch.Tensor]:
+        """Neutral model-written sentences rendered as the harness renders a prompt (the form every scored question
+        takes) and the unedited model's next-token log-probabilities after each (computed once, before any edit)."""
+        if self._retain is None:
+            texts = [prompting.render(self.loaded.tokenizer, text)
+                     for text in sample_prefixes(self.loaded, self.cfg.retain_texts, self.cfg.retain_tokens)]
+            with torch.no_grad(), self.unedited():
+                self._retain = texts, self.next_token_logprobs(texts)
+        return self._retain
+
+    def swapped_set(self, edits: Sequence[Edit]) -> tuple[list[str], torch.Tensor]:
+        """The batch's prompts about other subjects, rendered, and the unedited model's next-token distributions."""
+        texts = [prompting.render(self.loaded.tokenizer, p)
+                 for p in swapped_prompts(edits, self.cfg.seed + len(self.log))]
+        with torch.no_grad(), self.unedited():
+            return texts, self.next_token_logprobs(texts)
+
+    def silence(self, texts: Sequence[str]) -> torch.Tensor:
+        """The adaptor's output energy on all real tokens of `texts`, relative to the projection's own (a forward
+        that stops at the layer)."""
         run_rows(self.loaded, texts, self.cfg.layer, grad=True)
         added, own = self.last_bypass
         mask = self.anchors.inputs.mask(added.shape[0], added.shape[1], added.device)
-        return kl, added[mask].pow(2).sum(-1).mean() / own[mask].pow(2).sum(-1).mean().detach()
+        return added[mask].pow(2).sum(-1).mean() / own[mask].pow(2).sum(-1).mean().detach()
 
-    def route(self, prompts: Sequence[str]) -> list[int]:
-        """The expert with the largest gate at the last token of each prompt (rendered as the harness renders it)."""
-        adaptor = self.ensure_adaptor()
-        chosen: list[torch.Tensor] = []
-        hook = mlp_projection(self.loaded.model, self.cfg.layer).module.register_forward_hook(
-            lambda module, args, output: chosen.append(adaptor.gates(args[0], self.anchors.current)[:, -1].argmax(-1)))
-        try:
-            texts = [prompting.render(self.loaded.tokenizer, p) for p in prompts]
-            with torch.no_grad():
-                for text in texts:  # one at a time: the last token is the prompt's own
-                    batch = self.loaded.tokenizer(text, add_special_tokens=False, return_tensors="pt")
-                    self.loaded.model(**batch.to(self.loaded.model.device))
-        finally:
-            hook.remove()
-        return [int(c) for c in torch.cat(chosen)]
+    # ------------------------------------------------------------ one batch
 
     def apply(self, edits: Sequence[Edit]) -> None:
         if not edits:
             return
-        self.retain_set()
-        adaptor = self.ensure_adaptor()
-        self.anchors.add_subjects([e.subject for e in edits])
+        routed = self.cfg.unanchored == "route"
+        retain = self.retain_set() if routed else None
+        swapped = self.swapped_set(edits) if routed else None
+        index = self.next_adaptor()
+        essence = self.essence_set(edits)
+        self.anchors.add_subjects([e.subject for e in edits], index)
+        adaptor = self.adaptors[index]
+        for earlier, other in enumerate(self.adaptors):
+            other.requires_grad_(earlier == index)
         pairs = [(e.prompt, e.target_new) for e in edits]
         optimizer = torch.optim.Adam(adaptor.parameters(), lr=self.cfg.lr)
-        with frozen_parameters(self.loaded.model), torch.enable_grad():
-            for _ in range(self.cfg.steps):
-                nll = target_nll(self.loaded, pairs)
-                kl, silence = self.retain_losses()
-                optimizer.zero_grad()
-                (nll + self.cfg.retain_weight * kl + self.cfg.silence_weight * silence).backward()
-                optimizer.step()
-        nll, kl, silence = (float(x.detach()) for x in (nll, kl, silence))
-        self.log.append({"edits": len(edits), "nll": round(nll, 4), "kl": round(kl, 4), "silence": round(silence, 5)})
-        log.info("memoe: %d edits, target NLL %.3f, retain KL %.4f, silence %.5f", len(edits), nll, kl, silence)
+        self.anchors.training = index
+        try:
+            with frozen_parameters(self.loaded.model), torch.enable_grad():
+                for _ in range(self.cfg.steps):
+                    terms = self.losses(pairs, essence, retain, swapped)
+                    optimizer.zero_grad()
+                    sum(weight * value for weight, value in terms.values()).backward()
+                    optimizer.step()
+        finally:
+            self.anchors.training = None
+            adaptor.requires_grad_(False)
+        entry = {"edits": len(edits), **{name: round(float(value.detach()), 5) for name, (_, value) in terms.items()}}
+        self.log.append(entry)
+        log.info("memoe: adaptor %d, %s", index, entry)
+
+    def losses(self, pairs, essence, retain, swapped) -> dict[str, tuple[float, torch.Tensor]]:
+        """name → (weight, value) of every loss term of one step."""
+        terms = {"nll": (1.0, target_nll(self.loaded, pairs))}
+        if self.cfg.essence_weight:
+            texts, starts, reference = essence
+            terms["essence"] = (self.cfg.essence_weight, self.kl(reference, self.answer_logprobs(texts, starts)))
+        if retain is not None:
+            (texts, reference), (other, other_reference) = retain, swapped
+            kl = (self.kl(reference, self.next_token_logprobs(texts))
+                  + self.kl(other_reference, self.next_token_logprobs(other))) / 2
+            terms["kl"] = (self.cfg.retain_weight, kl)
+            if self.cfg.silence_weight:
+                terms["silence"] = (self.cfg.silence_weight, self.silence(texts))
+        return terms
+
+    # ------------------------------------------------------------ inspection and restore
+
+    def route(self, prompts: Sequence[str]) -> list[tuple[int, int]]:
+        """(adaptor, expert) that the last token of each prompt reaches (rendered as the harness renders it; the
+        expert with the largest gate), (−1, −1) where it reaches none."""
+        chosen: list[tuple[int, int]] = []
+
+        def read(module, args, output):
+            index = int(self.anchors.reach[0])
+            expert = -1 if index < 0 else int(self.adaptors[index].gates(
+                args[0], self.anchors.current)[0, -1].argmax())
+            chosen.append((index, expert))
+
+        hook = mlp_projection(self.loaded.model, self.cfg.layer).module.register_forward_hook(read)
+        try:
+            with torch.no_grad():
+                for prompt in prompts:  # one at a time: the last token is the prompt's own
+                    text = prompting.render(self.loaded.tokenizer, prompt)
+                    batch = self.loaded.tokenizer(text, add_special_tokens=False, return_tensors="pt")
+                    self.loaded.model(**batch.to(self.loaded.model.device))
+        finally:
+            hook.remove()
+        return chosen
 
     def stats(self) -> dict:
         if not self.log:
             return {}
-        return {"batches": len(self.log), **{k: self.log[-1][k] for k in ("nll", "kl", "silence")},
-                "adaptor_parameters": sum(p.numel() for p in self.adaptor.parameters())}
+        last = {k: v for k, v in self.log[-1].items() if k != "edits"}
+        return {"batches": len(self.log), "adaptors": len(self.adaptors), **last,
+                "adaptor_parameters": sum(p.numel() for p in self.adaptors.parameters())}
 
     def restore(self) -> None:
         if self._handle is not None:
             self._handle.remove()
             self.anchors.remove()
-        self.adaptor, self.anchors, self._handle, self.log = None, None, None, []
+        self.adaptors, self.anchors, self._handle, self.log = nn.ModuleList(), None, None, []

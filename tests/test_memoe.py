@@ -68,3 +68,58 @@ def test_prompts_about_one_subject_reach_one_expert_through_the_anchor(tiny, see
     assert len(set(routes[2.0])) == 1
     if seed == 2:  # measured: without the anchor this initialisation splits the three prompts over experts
         assert len(set(routes[0.0])) > 1
+
+
+def _nll(tiny, edit: Edit) -> float:
+    from baselines.common import target_nll
+
+    return float(target_nll(tiny, [(edit.prompt, edit.target_new)]).detach())
+
+
+@pytest.mark.parametrize("batches", ["new-experts", "shared"])
+def test_an_edit_of_the_first_batch_holds_after_a_second_batch(tiny, batches):
+    editor = MEMoEEditor(tiny, MEMoEConfig(**TINY, batches=batches))
+    try:
+        unedited = _nll(tiny, EDITS[0])
+        editor.apply(EDITS[:1])
+        learned = _nll(tiny, EDITS[0])
+        editor.apply(EDITS[1:])
+        after = _nll(tiny, EDITS[0])
+    finally:
+        editor.restore()
+    assert learned < unedited
+    if batches == "new-experts":  # its adaptor is frozen and its subject still reaches it
+        assert after == pytest.approx(learned, abs=1e-6)
+    else:  # MEMoE's one adaptor, trained again by the second batch, moves the first batch's edit
+        assert abs(after - learned) > 1e-3
+
+
+def test_each_subject_reaches_the_adaptor_of_its_batch(tiny):
+    for unanchored, elsewhere in (("skip", (-1, -1)), ("route", None)):
+        editor = MEMoEEditor(tiny, MEMoEConfig(**TINY, unanchored=unanchored))
+        try:
+            editor.apply(EDITS[:1])
+            editor.apply(EDITS[1:])
+            space, darrieux, other = editor.route(["Where is The Space Needle?", "Who is Danielle Darrieux?",
+                                                   "What is the capital of Peru?"])
+        finally:
+            editor.restore()
+        assert (space[0], darrieux[0]) == (0, 1)
+        if elsewhere:
+            assert other == elsewhere  # an input naming no edited subject reaches no expert
+        else:
+            assert other[0] in (0, 1)  # routed: the adaptor with the nearest anchors
+
+
+def test_the_essence_term_keeps_free_text_about_the_subject(tiny):
+    drift = {}
+    for weight in (0.0, 1.0):
+        editor = MEMoEEditor(tiny, MEMoEConfig(**TINY, essence_weight=weight))
+        try:
+            texts, starts, reference = editor.essence_set(EDITS)
+            editor.apply(EDITS)
+            with torch.no_grad():
+                drift[weight] = float(editor.kl(reference, editor.answer_logprobs(texts, starts)))
+        finally:
+            editor.restore()
+    assert drift[1.0] < drift[0.0]
