@@ -141,12 +141,24 @@ class Prepared:
         return min(start for start, _ in self.spans)
 
 
+def traced_text(tokenizer, prompt: str, cfg: TraceConfig) -> str:
+    """The text a trace reads: the chat rendering, or the bare prompt behind the beginning-of-text token where the
+    tokenizer puts one by default (Gemma-3-270M answers 1 of 1,209 known facts right without it; SmolLM2's
+    tokenizer puts none)."""
+    if cfg.chat:
+        return prompting.render(tokenizer, prompt)
+    bos = tokenizer.bos_token
+    if bos and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id] and not prompt.startswith(bos):
+        return bos + prompt
+    return prompt
+
+
 def prepare(loaded: LoadedModel, prompt: str, subject: str, cfg: TraceConfig, sigma: float,
             answer: str | None = None) -> Prepared:
     """Tokenise, find the subject, read the clean answer (the model's own next token, or the first token of
     `answer`) and its probability, and draw the noise."""
     tokenizer, model = loaded.tokenizer, loaded.model
-    text = prompting.render(tokenizer, prompt) if cfg.chat else prompt
+    text = traced_text(tokenizer, prompt, cfg)
     spans = subject_spans(tokenizer, text, subject)
     if not cfg.chat:
         spans = spans[-1:]
@@ -260,7 +272,7 @@ def summary_positions(fact_length: int, subject_range: tuple[int, int]) -> list[
 
 def subject_range(loaded: LoadedModel, prompt: str, subject: str, cfg: TraceConfig) -> tuple[int, int, int]:
     """(first, stop, length) of the subject's last span in the traced text."""
-    text = prompting.render(loaded.tokenizer, prompt) if cfg.chat else prompt
+    text = traced_text(loaded.tokenizer, prompt, cfg)
     start, stop = subject_spans(loaded.tokenizer, text, subject)[-1]
     return start, stop, len(loaded.tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -269,7 +281,7 @@ def knows(loaded: LoadedModel, prompts: Sequence[str], answers: Sequence[str], c
     """Whether the model's next token after each prompt is the first token of its answer (" " + attribute)."""
     known = []
     for prompt, answer in zip(prompts, answers):
-        text = prompting.render(loaded.tokenizer, prompt) if cfg.chat else prompt
+        text = traced_text(loaded.tokenizer, prompt, cfg)
         ids = loaded.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
         with torch.no_grad(), loaded.context():
             top = int(kept_logits(loaded.model, 1, input_ids=ids.to(loaded.model.device))[0, -1].argmax())

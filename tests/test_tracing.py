@@ -112,3 +112,24 @@ def test_dataset_trace_is_saved_and_editors_set_to_traced_edit_its_layers(tiny, 
     assert memit.cfg.layers == traced_layers(summary, 2) and memit.stats()["layers"] == list(memit.cfg.layers)
     rome = ROMEEditor(tiny, ROMEConfig(traced=True), home=isolated_home)
     assert rome.cfg.layer == traced_layers(summary, 1)[0]
+
+
+class _Tokenizer:
+    """Just what traced_text reads: a beginning-of-text token, put first by default or not."""
+
+    bos_token, bos_token_id = "<bos>", 2
+
+    def __init__(self, adds_bos: bool):
+        self.adds_bos = adds_bos
+
+    def __call__(self, text):
+        return {"input_ids": ([2] if self.adds_bos else []) + [7]}
+
+
+def test_a_bare_prompt_gets_the_beginning_token_its_tokenizer_puts_by_default():
+    from baselines.tracing import TraceConfig, traced_text
+
+    cfg = TraceConfig()
+    assert traced_text(_Tokenizer(True), "Paris is in", cfg) == "<bos>Paris is in"
+    assert traced_text(_Tokenizer(True), "<bos>Paris is in", cfg) == "<bos>Paris is in"
+    assert traced_text(_Tokenizer(False), "Paris is in", cfg) == "Paris is in"

@@ -129,7 +129,8 @@ def trace_dataset(loaded, args, cfg, out: Path, settings) -> int:
     bar.close()
     seconds = {kind: sum(cache["seconds"].get(f"{kind}:{c}", 0.0) for c, _ in facts) / len(facts)
                for kind in args.kind}
-    summary = {"model": loaded.spec, "dataset": Path(label).name, "facts": len(facts), "samples": cfg.samples,
+    summary = {"model": settings.portable(loaded.spec), "dataset": Path(label).name, "facts": len(facts),
+               "samples": cfg.samples,
                "noise": cfg.noise, "sigma": sigma, "window": cfg.window, "chat": cfg.chat,
                "seconds_per_fact": seconds, "kinds": {kind: average_effects(traces[kind]) for kind in args.kind}}
     files.write_json(out / "summary.json", summary)
