@@ -21,8 +21,9 @@ public; the choices the paper leaves open here are ours, hence "MEMoE-style":
   subject keeps its form; ROME's essence term reads one token, this reads `essence_tokens`) + with routed inputs,
   `retain_weight` × KL of the first answer token after neutral model-written prompts and after each edit prompt
   with another entity as its subject, and `silence_weight` × the adaptor's output energy on the neutral prompts.
-The loss terms, the handling of unanchored inputs, steps and learning rate were picked with small sweeps
-(results/memoe-sweep.txt).
+The retain terms, the handling of unanchored inputs, steps and learning rate were picked with a small sweep; the
+per-batch adaptors and the essence term are measured on the 100-edit cells (results/memoe-sweep.txt). Layer (10 of
+30), 4 experts, top-1 and rank 16 were not swept.
 """
 
 from __future__ import annotations
