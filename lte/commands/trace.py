@@ -96,7 +96,14 @@ def trace_dataset(loaded, args, cfg, out: Path, settings) -> int:
 
     from baselines.statistics import trace_path
     from baselines.trace_plots import aie_plot
-    from baselines.tracing import average_effects, noise_scale, subject_range, summary_positions, trace_fact
+    from baselines.tracing import (
+        average_effects,
+        noise_scale,
+        subject_range,
+        summary_positions,
+        trace_fact,
+        traced_text,
+    )
     from lte.core.catalog import dataset_path
     from lte.core.datasets import load_cases
 
@@ -108,7 +115,8 @@ def trace_dataset(loaded, args, cfg, out: Path, settings) -> int:
     cache_file = out / "facts.json"
     cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
     settings_key = json.dumps({"samples": cfg.samples, "noise": cfg.noise, "window": cfg.window, "chat": cfg.chat,
-                               "seed": cfg.seed, "sigma": round(sigma, 8), "model": loaded.spec}, sort_keys=True)
+                               "seed": cfg.seed, "sigma": round(sigma, 8), "model": loaded.spec,
+                               "text": traced_text(loaded.tokenizer, "", cfg)}, sort_keys=True)
     if cache.get("settings") != settings_key:
         cache = {"settings": settings_key, "traces": {}, "seconds": {}}
     traces: dict[str, list] = {kind: [] for kind in args.kind}
