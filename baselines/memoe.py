@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -269,18 +270,14 @@ class MEMoEEditor(ModelEditor):
         self.last_bypass = (added, output)
         return output + added
 
+    @contextmanager
     def unedited(self):
         """Context: the adaptors switched off (the unedited model's references)."""
-        editor = self
-
-        class Off:
-            def __enter__(self):
-                editor.active = False
-
-            def __exit__(self, *exc):
-                editor.active = True
-
-        return Off()
+        self.active = False
+        try:
+            yield
+        finally:
+            self.active = True
 
     # ------------------------------------------------------------ the loss terms
 
