@@ -116,10 +116,33 @@ def test_the_essence_term_keeps_free_text_about_the_subject(tiny):
     for weight in (0.0, 1.0):
         editor = MEMoEEditor(tiny, MEMoEConfig(**TINY, essence_weight=weight))
         try:
-            texts, starts, reference = editor.essence_set(EDITS)
+            batch, reference = editor.essence_set(EDITS)
             editor.apply(EDITS)
             with torch.no_grad():
-                drift[weight] = float(editor.kl(reference, editor.answer_logprobs(texts, starts)))
+                drift[weight] = float(editor.kl(reference, editor.answer_logprobs(batch)))
         finally:
             editor.restore()
     assert drift[1.0] < drift[0.0]
+
+
+def test_acting_on_the_subject_only_caches_the_prefix_exactly(tiny):
+    from baselines.common import target_nll
+
+    editor = MEMoEEditor(tiny, MEMoEConfig(**TINY, act_on="subject"))
+    unedited = _nll(tiny, EDITS[0])
+    ids = tiny.tokenizer("Who is Danielle Darrieux?", add_special_tokens=False, return_tensors="pt")
+    try:
+        editor.apply(EDITS)
+        cached = -editor.target_logprobs(editor.edit_batch(EDITS))
+        full = [float(target_nll(tiny, [(e.prompt, e.target_new)]).detach()) for e in EDITS]
+        with torch.no_grad():
+            tiny.model(**ids)
+        added, _ = editor.last_bypass
+    finally:
+        editor.restore()
+    assert full[0] < unedited  # the edit was learned …
+    assert cached.detach().tolist() == pytest.approx(full, abs=1e-5)  # … and the cached rows read it exactly
+    subject = tiny.tokenizer(" Danielle Darrieux", add_special_tokens=False)["input_ids"]
+    start = find_span(ids["input_ids"][0].tolist(), subject)
+    acting = (added[0].abs().sum(-1) > 0).nonzero()[:, 0].tolist()
+    assert acting == list(range(start, start + len(subject)))  # the subject's tokens, nothing else
