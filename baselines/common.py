@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -153,9 +154,9 @@ class PrefixCachedBatch:
     target: TargetBatch
 
     def logits(self, model: PreTrainedModel) -> torch.Tensor:
-        cache = copy.deepcopy(self.prefix_cache)  # the forward appends to it; each step starts from the prefix
-        inputs = dict(input_ids=self.suffix_ids, attention_mask=self.attention_mask, position_ids=self.position_ids,
-                      past_key_values=cache, use_cache=cache is not None)
+        inputs = dict(input_ids=self.suffix_ids, attention_mask=self.attention_mask, position_ids=self.position_ids)
+        if self.prefix_cache is not None:  # the forward appends to the cache: each step starts from a copy
+            inputs.update({cache_keyword(model): copy.deepcopy(self.prefix_cache), "use_cache": True})
         return kept_logits(model, self.kept, **inputs)
 
     def select(self, rows: torch.Tensor) -> PrefixCachedBatch:
@@ -173,6 +174,12 @@ class PrefixCachedBatch:
                                                         [target.target_tokens[r] for r in chosen]))
 
 
+def cache_keyword(model: PreTrainedModel) -> str:
+    """The name a model's forward takes a key/value cache by: `cache` in recent transformers, `past_key_values`
+    before (still accepted there, with a deprecation warning)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def prefix_cached_batch(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
                         targets: Sequence[str], pivots: Sequence[int]) -> PrefixCachedBatch:
     """Rendered prompts with their targets (as for `target_batch`), split before `pivots` (token indices)."""
@@ -188,9 +195,10 @@ def prefix_cached_batch(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
         prefix_ids = [[pad] * (width_p - len(x)) + x for x in prefixes]
         prefix_positions = [[0] * (width_p - len(x)) + list(range(len(x))) for x in prefixes]
         with torch.no_grad():
-            cache = model(input_ids=torch.tensor(prefix_ids, device=device),
-                          attention_mask=torch.tensor(prefix_mask, device=device),
-                          position_ids=torch.tensor(prefix_positions, device=device), use_cache=True).past_key_values
+            output = model(input_ids=torch.tensor(prefix_ids, device=device),
+                           attention_mask=torch.tensor(prefix_mask, device=device),
+                           position_ids=torch.tensor(prefix_positions, device=device), use_cache=True)
+            cache = output.get("cache", output.get("past_key_values"))
     suffix_ids = [x + [pad] * (width_s - len(x)) for x in suffixes]
     mask = [pm + [1] * len(x) + [0] * (width_s - len(x)) for pm, x in zip(prefix_mask, suffixes)]
     positions = [list(range(len(p), len(p) + width_s)) for p in prefixes]

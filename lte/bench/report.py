@@ -311,15 +311,20 @@ def study_average(r: dict) -> float:
 
 
 def at_defaults(r: dict) -> bool:
-    """Whether a cell's recorded options are its editor's current defaults (a sweep's cells are not)."""
-    from lte.core.config import changed_options
+    """Whether a cell ran with its editor's current defaults (a sweep's cells, and cells run before a default
+    changed, did not): no option set, and every config field the cell recorded equal to today's default. A field
+    the cell does not record was added later and is taken as its default (a new field keeps the old behaviour)."""
+    from lte.core.config import changed_options, config_dict
     from lte.registry import editor_config
 
-    options = r.get("options") or {}
     try:
-        return not options or not changed_options(editor_config(r["editor"], options))
+        if changed_options(editor_config(r["editor"], r.get("options") or {})):
+            return False
+        defaults = config_dict(editor_config(r["editor"]))
     except Exception:  # an option the editor no longer has: not its defaults
         return False
+    recorded = r.get("editor_config") or {}
+    return all(value == defaults[name] for name, value in recorded.items() if name in defaults)
 
 
 def write_reports(results: dict[str, dict], cfg: BenchConfig, settings: Settings, command: Sequence[str],
