@@ -21,9 +21,10 @@ public; the choices the paper leaves open here are ours, hence "MEMoE-style":
   subject keeps its form; ROME's essence term reads one token, this reads `essence_tokens`) + with routed inputs,
   `retain_weight` × KL of the first answer token after neutral model-written prompts and after each edit prompt
   with another entity as its subject, and `silence_weight` × the adaptor's output energy on the neutral prompts.
-The retain terms, the handling of unanchored inputs, steps and learning rate were picked with a small sweep; the
-per-batch adaptors and the essence term are measured on the 100-edit cells (results/memoe-sweep.txt). Layer (10 of
-30), 4 experts, top-1 and rank 16 were not swept.
+The retain terms, the handling of unanchored inputs, the learning rate, where the adaptor acts and the training
+prefixes were picked with a small sweep on training edits; the per-batch adaptors and the essence term are measured
+on the 100-edit cells (results/memoe-sweep.txt). Layer 10 of 30 against 5 made no difference on 10 training edits;
+4 experts, top-1 and rank 16 were not swept.
 """
 
 from __future__ import annotations

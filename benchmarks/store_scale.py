@@ -10,7 +10,8 @@ is the slower bound).
     python benchmarks/store_scale.py --edits 1000000 [--batch 4096] [--queries 200]
 
 Prints: insertion rate (edits/s, keys/s) and its ratio to the embedder's own rate; query p50/p99 of `candidates`
-(nearest keys and the records' current check, no scope decision); a page of `list` and `count` at the far end;
+(nearest keys and the records' current check, no scope decision); the last page of `list` by offset and after a seq,
+and `count`;
 open time of the store in a fresh process; rebuild of the key index from the records; peak memory; disk.
 """
 
@@ -119,6 +120,11 @@ def main() -> None:
     t = time.perf_counter()
     page = store.list(offset=args.edits - 50, limit=50)
     page_ms = (time.perf_counter() - t) * 1000
+    before_last = page[0].seq - 1  # what a client walking by seq holds from the page before
+    t = time.perf_counter()
+    seek_page = store.list(after=before_last, limit=50)
+    seek_ms = (time.perf_counter() - t) * 1000
+    assert [e.seq for e in seek_page] == [e.seq for e in page]
     t = time.perf_counter()
     count = store.count()
     count_ms = (time.perf_counter() - t) * 1000
@@ -136,7 +142,8 @@ def main() -> None:
         "store_keys_per_s": round(keys / store_s), "embedder_keys_per_s": round(embed_rate),
         "with_embedder_over_embedder": round(with_embedder / embed_rate, 3),
         "query_p50_ms": round(p50, 1), "query_p99_ms": round(p99, 1),
-        "last_page_of_50_ms": round(page_ms, 1), "page_rows": len(page), "count_ms": round(count_ms, 1),
+        "last_page_of_50_ms": round(page_ms, 1), "last_page_after_seq_ms": round(seek_ms, 1),
+        "page_rows": len(page), "count_ms": round(count_ms, 1),
         "count": count, "open_and_first_search_s": round(opened, 2),
         "rebuild_index_s": None if rebuild_s is None else round(rebuild_s, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
