@@ -3,12 +3,18 @@ sentence-transformers name or path otherwise. Embeddings are L2-normalised, so a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
 
 from lte.core.errors import ModelNotFoundError
 from lte.core.settings import DEFAULT_EMBEDDER
+
+log = logging.getLogger(__name__)
 
 _DEFAULT_ALIASES = {DEFAULT_EMBEDDER, "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2", "default"}
 
@@ -36,14 +42,54 @@ class Embedder:
         self.name = name or DEFAULT_EMBEDDER
         self.batch_size = batch_size
         self.model = SentenceTransformer(resolve_embedder(name), device=device or "cpu")
+        self._child: Future | None = None  # the child process embedding for this one (`in_child_process`)
+        self._child_lock = threading.Lock()  # one request at a time through the child's queues
 
     @property
     def dim(self) -> int:
-        return int(self.model.get_sentence_embedding_dimension())
+        dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        return int(dimension())
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        vectors = self.model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
-                                    convert_to_numpy=True, show_progress_bar=False)
-        return vectors.astype(np.float32)
+        options = dict(batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                       show_progress_bar=False)
+        pool = self._ready_child()
+        if pool is None:
+            return self.model.encode(list(texts), **options).astype(np.float32)
+        with self._child_lock:
+            return self.model.encode(list(texts), pool=pool, chunk_size=len(texts), **options).astype(np.float32)
+
+    @contextmanager
+    def in_child_process(self) -> Iterator[None]:
+        """Embed in a child process while the block runs (sentence-transformers' multi-process pool, one worker on
+        this CPU). The child starts in the background (it imports torch and shares the model's weights: ~7 s on a
+        2-core CPU); calls embed here until it is ready. Why: Chroma's bindings hold the GIL for the whole of a
+        write, so `EditStore.add`'s writer thread stalls an embedder in the same process (10,000 CounterFact edits
+        at one thread: `add` ran at 0.88 of the embedder's own rate, results/edit-store.txt). Worth it for long
+        adds only. A model on an accelerator embeds here (the pool would move it to the CPU)."""
+        if self.model.device.type != "cpu" or self._child is not None:
+            yield
+            return
+        self.model.share_memory()  # before the start, so that embedding here meanwhile reads settled weights
+        with ThreadPoolExecutor(max_workers=1) as starter:
+            self._child = starter.submit(self.model.start_multi_process_pool, ["cpu"])
+            try:
+                yield
+            finally:
+                child, self._child = self._child, None
+                if child.exception() is None:  # waits for a start still under way
+                    self.model.stop_multi_process_pool(child.result())
+
+    def _ready_child(self) -> dict | None:
+        child = self._child
+        if child is None or not child.done():
+            return None
+        if child.exception() is not None:
+            if not getattr(child, "reported", False):
+                child.reported = True
+                log.warning("lte: embedding in this process: the embedding child did not start (%s)",
+                            child.exception())
+            return None
+        return child.result()

@@ -29,6 +29,7 @@ import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,7 +54,10 @@ __all__ = ["CURRENT", "KEY_INDEX", "SUPERSEDED", "AddReport", "EditStore", "Hit"
            "key_texts", "open_client"]
 
 RECORDS_FILE = "records.sqlite3"
-OLD_JOURNAL = ".lte-pending-delete"  # the delete journal of stores made before the records database
+OLD_JOURNAL = ".lte-pending-delete"
+# An add of this many new edits embeds in a child process (`Embedder.in_child_process`): their keys take about 10 s
+# of MiniLM or more on a 2-core CPU, so the child's ~7 s start is hidden behind the batches embedded meanwhile.
+CHILD_EMBEDDING_FROM = 2_000  # the delete journal of stores made before the records database
 
 
 @dataclass(frozen=True)
@@ -236,7 +240,7 @@ class EditStore:
         one (kept as history); of several in one call, the last wins.
 
         Batches are pipelined: while one batch is written on a worker thread, the next is embedded, so the store
-        costs little beyond the embedder."""
+        costs little beyond the embedder; a long add embeds in a child process, which the writer cannot stall."""
         edits = list({edit.id: edit for edit in edits}.values())
         where = where or {}
         indexing = self._index_if_free() is not None  # else the index lease holder embeds the keys
@@ -245,7 +249,7 @@ class EditStore:
         fresh = [e for e in edits if e.id not in stored]
         results: list[BatchResult] = []
         with tqdm(total=len(edits), desc="adding edits", unit="edit", disable=not progress) as bar, \
-                ThreadPoolExecutor(max_workers=1) as writer:
+                self._embedding_for(len(fresh) if indexing else 0), ThreadPoolExecutor(max_workers=1) as writer:
             bar.update(len(edits) - len(fresh))
             pending = None
             for start in range(0, len(fresh), batch_size):
@@ -259,6 +263,13 @@ class EditStore:
         added = tuple(i for r in results for i in r.added)
         return AddReport(len(added), len(edits) - len(added), sum(r.superseded for r in results), added,
                          tuple(i for r in results for i in r.superseded_stored))
+
+    def _embedding_for(self, new_edits: int):
+        """Where an add of this many new edits embeds: in a child process for long adds with the default embedder
+        (its Chroma writes hold the GIL), else here."""
+        if new_edits >= CHILD_EMBEDDING_FROM and isinstance(self.embedder, Embedder):
+            return self.embedder.in_child_process()
+        return nullcontext()
 
     def _refuse_reused_ids(self, edits: Sequence[Edit], stored: Mapping[str, Record],
                            where: Mapping[str, str]) -> None:

@@ -205,3 +205,29 @@ def test_a_chroma_server_that_goes_away_gives_503_and_comes_back_without_a_resta
                 "The Space Needle is located in Goa."]
     finally:
         chroma.kill()
+
+
+def test_stores_of_one_process_share_the_index_lease_and_free_it_together(tmp_path):
+    """Two leases of one process on one folder (two stores, or the CLI opening a store a closed one left): the
+    second holds beside the first, the lease is free again only when both let go, and the writer thread may let go
+    for its owner. filelock before 3.15.1 re-initialised the shared lock when the second was made,
+    refused it, and never freed the file: a store reopened in the same process waited for its own lease."""
+    import threading
+
+    from retrieval.lease import IndexLease
+
+    first = IndexLease(tmp_path, wait_s=1)
+    assert first.try_take()
+    second = IndexLease(tmp_path, wait_s=1)  # made while the first holds it
+    assert second.try_take()
+    releaser = threading.Thread(target=first.release)
+    releaser.start()
+    releaser.join()
+    second.release()
+    probe = subprocess.run([sys.executable, "-c", "import sys; from filelock import FileLock; "
+                            f"FileLock({str(tmp_path / '.lte-index.lock')!r}).acquire(timeout=5); print('free')"],
+                           capture_output=True, text=True, timeout=60)
+    assert probe.stdout.strip() == "free", probe.stderr[-500:]
+    third = IndexLease(tmp_path, wait_s=1)
+    assert third.try_take()
+    third.release()

@@ -1,5 +1,7 @@
 import json
 
+import numpy as np
+
 from lte.core.schema import Edit
 from retrieval.store import KEY_INDEX, EditStore, open_client
 
@@ -209,3 +211,38 @@ def test_a_store_with_its_records_in_chroma_is_moved_on_open(tmp_path, embedder)
     assert [s.edit.id for s in store.list(history=True)] == [NEEDLE.id, newer.id, TOWER.id]  # the old order
     assert "edits-edits" not in [c.name for c in store.client.list_collections()]
     assert store.search("Where is the Space Needle?", gated=False)[0].edit.id == newer.id
+
+
+def test_the_embedder_in_a_child_process_gives_the_same_vectors(embedder):
+    """`in_child_process` embeds in a started child (not here) and gets what embedding here gets."""
+    import time
+
+    texts = ["The Space Needle is located in", "Danielle Darrieux's mother tongue is", "Goa"]
+    here = embedder.encode(texts)
+    with embedder.in_child_process():
+        deadline = time.monotonic() + 120
+        while embedder._ready_child() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        pool = embedder._ready_child()
+        assert pool is not None and all(p.is_alive() for p in pool["processes"])
+        there = embedder.encode(texts)
+    assert embedder._child is None and embedder._ready_child() is None  # stopped; embedding here again
+    assert np.allclose(here, there, atol=1e-5) and np.allclose(embedder.encode(texts), here, atol=1e-5)
+
+
+def test_a_long_add_embeds_in_a_child_process_and_keeps_every_key(embedder, monkeypatch):
+    import retrieval.store as store_module
+
+    monkeypatch.setattr(store_module, "CHILD_EMBEDDING_FROM", 50)
+    used = []
+    real = embedder.in_child_process
+    monkeypatch.setattr(embedder, "in_child_process", lambda: used.append(1) or real())
+    store = EditStore(open_client(), "long", embedder)
+    edits = [Edit(subject=f"Tower {i}", prompt=f"Tower {i} is located in", target_new=f"City {i}")
+             for i in range(60)]
+    store.add(edits, batch_size=8, progress=False)
+    assert used == [1] and store.count() == 60 and store.verify().ok
+    assert store.search("Where is Tower 17?", gated=False)[0].edit.subject == "Tower 17"
+    store.add(edits[:10] + [Edit(subject="Tower 99", prompt="Tower 99 is located in", target_new="Oslo")],
+              progress=False)
+    assert used == [1]  # a short add embeds here
