@@ -54,10 +54,10 @@ __all__ = ["CURRENT", "KEY_INDEX", "SUPERSEDED", "AddReport", "EditStore", "Hit"
            "key_texts", "open_client"]
 
 RECORDS_FILE = "records.sqlite3"
-OLD_JOURNAL = ".lte-pending-delete"
+OLD_JOURNAL = ".lte-pending-delete"  # the delete journal of stores made before the records database
 # An add of this many new edits embeds in a child process (`Embedder.in_child_process`): their keys take about 10 s
 # of MiniLM or more on a 2-core CPU, so the child's ~7 s start is hidden behind the batches embedded meanwhile.
-CHILD_EMBEDDING_FROM = 2_000  # the delete journal of stores made before the records database
+CHILD_EMBEDDING_FROM = 2_000
 
 
 @dataclass(frozen=True)
