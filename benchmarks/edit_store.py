@@ -10,7 +10,7 @@
   prompts (same relation, other subject), plus the calibrated threshold on a separate slice.
 
     python benchmarks/edit_store.py [--insert 10000] [--sizes 1000 10000 100000] [--parts quality insert latency]
-        [--scope ALIGNED/scope]
+        [--scope ALIGNED/scope [--scope-backend onnx torch]]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from lte.core.datasets import load_cases
 from lte.core.schema import Edit
 from lte.core.settings import Settings
 from retrieval.embedder import Embedder
-from retrieval.scope import ScopeModel
+from retrieval.scope import BACKENDS, ScopeModel
 from retrieval.store import EditStore, key_texts, open_client
 
 
@@ -75,11 +75,14 @@ def insertion(embedder: Embedder, edits: list[Edit]) -> None:
 
 
 def latency(embedder: Embedder, edits: list[Edit], sizes: list[int], queries: list[str],
-            scope: ScopeModel | None = None) -> None:
+            scopes: list[ScopeModel | None]) -> None:
+    """p50/p99 of one search at each size, for each decider (the scope model on each backend asked, else the
+    gate), timed in turn over the same store."""
     noisy = NoisyCopies(embedder)
     store = EditStore(open_client(), f"lat-{uuid.uuid4().hex[:8]}", noisy)
-    search_store = EditStore(store.client, store.name, embedder, scope=scope)
-    print(f"deciding: {search_store.decider()}")
+    searchers = [EditStore(store.client, store.name, embedder, scope=scope, records=store.records) for scope in scopes]
+    for searcher in searchers:
+        print(f"deciding: {searcher.decider()}")
     stored = 0
     for size in sizes:
         batch = []
@@ -91,15 +94,23 @@ def latency(embedder: Embedder, edits: list[Edit], sizes: list[int], queries: li
                 statement=f"{base.statement} ~{i}"))
         store.add(batch, batch_size=2048, progress=False)
         stored += len(batch)
-        for query in queries[:20]:  # warm-up
-            search_store.search(query)
-        timings = []
-        for query in queries:
-            start = time.perf_counter()
-            search_store.search(query)
-            timings.append(time.perf_counter() - start)
-        p50, p99 = percentiles(timings)
-        print(f"query latency at {stored:>6} edits: p50 {p50:6.1f} ms, p99 {p99:6.1f} ms ({len(queries)} queries)")
+        for searcher, scope in zip(searchers, scopes):
+            p50, p99 = time_searches(searcher, queries)
+            label = f"scope on {scope.backend}" if scope is not None else "gate"
+            shown = np.mean([len(c) for c in searcher.candidates(queries)])  # what was decided on, per query
+            print(f"query latency at {stored:>6} edits, {label:<14}: p50 {p50:6.1f} ms, p99 {p99:6.1f} ms "
+                  f"({len(queries)} queries, {shown:.1f} candidates each)")
+
+
+def time_searches(store: EditStore, queries: list[str]) -> tuple[float, float]:
+    for query in queries[:20]:  # warm-up
+        store.search(query)
+    timings = []
+    for query in queries:
+        start = time.perf_counter()
+        store.search(query)
+        timings.append(time.perf_counter() - start)
+    return percentiles(timings)
 
 
 def quality(embedder: Embedder, cases) -> None:
@@ -127,6 +138,8 @@ def main() -> None:
     parser.add_argument("--parts", nargs="+", choices=["quality", "insert", "latency"],
                         default=["quality", "insert", "latency"])
     parser.add_argument("--scope", metavar="DIR", help="a scope model folder: latency includes its decision")
+    parser.add_argument("--scope-backend", nargs="+", choices=BACKENDS, help="score the scope model with these "
+                        "backends, each timed on the same store (default: the one its scope.json records)")
     args = parser.parse_args()
     embedder = Embedder()
     cases = load_cases(counterfact("edit")) + load_cases(counterfact("train"))
@@ -136,8 +149,10 @@ def main() -> None:
     if "insert" in args.parts:
         insertion(embedder, edits[: args.insert])
     if "latency" in args.parts:
-        latency(embedder, edits, args.sizes, [c.paraphrases[0].prompt for c in cases[: args.queries]],
-                ScopeModel(args.scope) if args.scope else None)
+        # with a scope model, the gate is timed too: search alone plus a decision that costs next to nothing
+        scopes = [*(ScopeModel(args.scope, backend=b) for b in args.scope_backend or [None]), None] if args.scope \
+            else [None]
+        latency(embedder, edits, args.sizes, [c.paraphrases[0].prompt for c in cases[: args.queries]], scopes)
 
 
 if __name__ == "__main__":

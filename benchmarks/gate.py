@@ -7,7 +7,8 @@ probes (multi-hop and alias questions whose answer depends on the edit) should r
         --datasets counterfact zsre wiki_counterfact wiki_recent --n 300
 
 A decider is a scope model folder (`lte scope train`, or scope/ next to an aligned model), a gate JSON (`lte edit
-calibrate --gate --save-to`, or gate.json next to an aligned model), or `unfitted`, the built-in gate. `recall` is
+calibrate --gate --save-to`, or gate.json next to an aligned model), or `unfitted`, the built-in gate; a scope model
+is scored by the backend its scope.json records, or by the one a suffix names (`torch=DIR@torch`). `recall` is
 the share of in-scope and portability probes whose edit is among the candidates the decider is shown (search's
 2k nearest edits), so it bounds what any decider can pass. Train deciders on training splits only.
 """
@@ -52,12 +53,13 @@ def route(store: EditStore, cases, k: int = 3) -> dict[str, float]:
 
 
 def decider(spec: str):
-    """('gate', Gate) or ('scope', ScopeModel) from NAME=PATH or `unfitted`."""
+    """(name, Gate or ScopeModel) from NAME=PATH, NAME=PATH@BACKEND or `unfitted`."""
     if spec == "unfitted":
         return "unfitted", UNFITTED
     name, _, path = spec.partition("=")
+    path, _, backend = path.partition("@")
     if (Path(path) / META_FILE).is_file():
-        return name, ScopeModel(path)
+        return name, ScopeModel(path, backend=backend or None)
     return name, Gate.load(Path(path))
 
 

@@ -100,6 +100,41 @@ def test_a_folder_without_scope_json_is_refused_with_the_fix(tmp_path):
         ScopeModel(tmp_path)
 
 
+def test_on_the_cpu_onnx_runtime_scores_the_scope_model_as_pytorch_does(tiny_scope, tmp_path):
+    torch_model = ScopeModel(tiny_scope.path, backend="torch")
+    pairs = [(x.question, x.edit_prompt) for x in tiny_pairs()]
+    assert tiny_scope.backend == "onnx" and tiny_scope.onnx is not None and torch_model.onnx is None
+    assert list(tiny_scope.path.glob(f"model.{tiny_scope.identity}.onnx"))
+    onnx_p, torch_p = tiny_scope.probabilities(pairs), torch_model.probabilities(pairs)
+    assert np.abs(onnx_p - torch_p).max() < 1e-4 and "onnx" in tiny_scope.describe()
+    assert tiny_scope.identity == torch_model.identity  # the same weights decide alike on either backend
+
+
+def test_a_scope_model_that_cannot_be_exported_is_scored_by_pytorch(tiny_scope, tmp_path, monkeypatch, caplog):
+    import shutil
+
+    from retrieval import onnx_encoder
+
+    def refused(module, tokenizer, path):
+        raise RuntimeError("unsupported operator")
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_scope.path, copy, ignore=shutil.ignore_patterns("*.onnx"))
+    monkeypatch.setattr(onnx_encoder, "export_onnx", refused)
+    model = ScopeModel(copy)
+    assert model.backend == "torch" and "unsupported operator" in caplog.text and "scoring with PyTorch" in caplog.text
+    assert not list(copy.glob("*.onnx"))
+    pairs = [(x.question, x.edit_prompt) for x in tiny_pairs()]
+    assert np.abs(model.probabilities(pairs) - tiny_scope.probabilities(pairs)).max() < 1e-4
+
+
+def test_an_unknown_backend_is_refused_naming_the_file(tiny_scope):
+    from lte.core.errors import InputFileError
+
+    with pytest.raises(InputFileError, match="scope.json: backend 'tensorrt'"):
+        ScopeModel(tiny_scope.path, backend="tensorrt")
+
+
 def test_lte_finds_the_scope_model_next_to_the_model_and_an_explicit_gate_or_none_turns_it_off(tiny, tiny_scope,
                                                                                               tmp_path):
     import shutil
