@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 
+import numpy as np
 from lte_data import data_path
 
 from lte.core.datasets import load_cases
@@ -73,7 +74,9 @@ class ScopeDataConfig:
     zsRE's training split has 1,000). table_edits / noun_edits: edits generated from lte's tables and from the
     relation nouns (the nouns teach which words name the relation, whatever the wording around them).
     other_relations: same-subject other-relation negatives per relation-noun edit (the hard kind, so the most of
-    them); template_negatives: per training-file case, other cases' relation templates filled with its subject
+    them); near_relations: of those, how many are drawn from the relations whose nouns are nearest the edit's by the
+    embedder's cosine ("mother" for "father", "head of government" for "country"), the rest at random;
+    template_negatives: per training-file case, other cases' relation templates filled with its subject
     (besides one relation noun and its own locality probes). open_text: open-text negatives, each an instruction
     or passage paired with a random edit. The defaults make ~45,000 pairs, one epoch of which
     trains in about 14 minutes on two CPU cores."""
@@ -82,6 +85,7 @@ class ScopeDataConfig:
     table_edits: int = 800
     noun_edits: int = 1500
     other_relations: int = 3
+    near_relations: int = 0
     template_negatives: int = 1
     open_text: int = 2000
     seed: int = 0
@@ -244,8 +248,7 @@ def noun_pairs(subject: str, others: Sequence[str], names: Sequence[str], cfg: S
     implying = [e for e in relation_nouns() if e.get("implies")]
     entry = rng.choice(implying if rng.random() < IMPLYING_SHARE else relation_nouns())
     implied = set(entry.get("implies", ()))
-    rest = rng.sample([e for e in relation_nouns() if e is not entry and e["noun"] not in implied],
-                      1 + cfg.other_relations)
+    rest = other_nouns(entry, implied, cfg, rng)
     prompt = noun_question(entry["noun"], subject, rng)
     outer = rest[-1]["noun"]
     pairs = [ScopePair(noun_question(rng.choice(noun_forms(entry)), subject, rng), prompt, True, "relation_noun")
@@ -268,6 +271,41 @@ def noun_pairs(subject: str, others: Sequence[str], names: Sequence[str], cfg: S
     if twin:
         pairs.append(ScopePair(noun_question(entry["noun"], twin, rng), prompt, False, "similar_subject"))
     return [p for p in pairs if p.question != prompt or p.label]
+
+
+def other_nouns(entry: dict, implied: set[str], cfg: ScopeDataConfig, rng: random.Random) -> list[dict]:
+    """1 + cfg.other_relations relation nouns other than the edit's and those it implies: cfg.near_relations of
+    them among its NEAR_POOL nearest by meaning that share no word with it, the rest (and always the last, the
+    second hop's) at random."""
+    allowed = [e for e in relation_nouns() if e is not entry and e["noun"] not in implied]
+    chosen: list[dict] = []
+    if cfg.near_relations:
+        own = content_words(entry["noun"])  # "country of origin" may still mean "country": not a near negative
+        near = [e for e in nearest_nouns(entry["noun"]) if e in allowed and not content_words(e["noun"]) & own]
+        near = near[:NEAR_POOL]
+        chosen = rng.sample(near, min(cfg.near_relations, len(near), cfg.other_relations))
+    chosen += rng.sample([e for e in allowed if e not in chosen], 1 + cfg.other_relations - len(chosen))
+    return chosen
+
+
+NEAR_POOL = 6  # the nearest nouns a near negative is drawn from (of 72)
+
+
+@cache
+def nearest_nouns(noun: str) -> tuple[dict, ...]:
+    """The other relation nouns, nearest to `noun` by the bundled embedder's cosine first."""
+    entries = relation_nouns()
+    vectors = noun_vectors()
+    i = next(k for k, e in enumerate(entries) if e["noun"] == noun)
+    order = np.argsort(-(vectors @ vectors[i]))
+    return tuple(entries[k] for k in order if k != i)
+
+
+@cache
+def noun_vectors() -> np.ndarray:
+    from retrieval.embedder import Embedder
+
+    return Embedder().encode([e["noun"] for e in relation_nouns()])
 
 
 # ---------------------------------------------------------------- open text

@@ -83,6 +83,23 @@ def test_scope_pairs_hold_every_kind_and_hard_negatives_name_the_subject():
     assert not [p for p in pairs if p.label and p.kind in NEGATIVE_KINDS]
 
 
+def test_near_relation_negatives_come_from_the_nouns_nearest_in_meaning():
+    from retrieval.scope_data import nearest_nouns, other_nouns, relation_nouns
+
+    father = next(e for e in relation_nouns() if e["noun"] == "father")
+    assert "mother" in [e["noun"] for e in nearest_nouns("father")[:3]]
+    rng = random.Random(0)
+    near = [other_nouns(father, set(), ScopeDataConfig(near_relations=2), rng) for _ in range(50)]
+    plain = [other_nouns(father, set(), ScopeDataConfig(), rng) for _ in range(50)]
+    assert all(len(x) == 4 and father not in x for x in near + plain)
+    family = {"mother", "child", "sibling", "spouse", "family", "owner"}
+
+    def share(draws):  # of the three same-subject negatives, the share about the edit's near relations
+        return sum(len({e["noun"] for e in x[:3]} & family) for x in draws) / (3 * len(draws))
+
+    assert share(near) >= 2 / 3 > 0.3 > share(plain)
+
+
 def test_a_failed_training_leaves_nothing_at_the_target(tmp_path, monkeypatch, tiny_encoder):
     def broken(*args, **kwargs):
         raise RuntimeError("interrupted")

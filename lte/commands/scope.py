@@ -34,6 +34,10 @@ def register(commands) -> None:
     train.add_argument("--noun-edits", type=int, default=data.noun_edits,
                        help="edits generated from the relation nouns (data/relation_nouns.json; "
                        "default %(default)s)")
+    train.add_argument("--near-relations", type=int, default=data.near_relations,
+                       help=f"of each relation-noun edit's {data.other_relations} other-relation negatives, how "
+                       "many come from the relations nearest its own in meaning (\"mother\" for \"father\"; "
+                       "default %(default)s)")
     train.add_argument("--epochs", type=int, default=defaults.epochs,
                        help="passes over the pairs (default %(default)s)")
     train.add_argument("--max-steps", type=int, default=defaults.max_steps, help="stop after N steps (0: epochs)")
@@ -59,7 +63,7 @@ def run_train(args, settings) -> int:
     args.data = data_files(args.data, settings)
     out = Path(args.out).expanduser() if args.out else default_out(settings)
     data = ScopeDataConfig(cases_per_source=args.cases_per_source, table_edits=args.tables,
-                           noun_edits=args.noun_edits, seed=args.seed)
+                           noun_edits=args.noun_edits, near_relations=args.near_relations, seed=args.seed)
     pairs = training_pairs(args.data, data)
     cfg = ScopeConfig(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
                       learning_rate=args.learning_rate, seed=args.seed)
