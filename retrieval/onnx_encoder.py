@@ -2,9 +2,9 @@
 without torch in the loop.
 
 On this project's two-core CPU, ONNX Runtime scores six (question, edit) pairs of the scope model's cross-encoder in
-19.5 ms where PyTorch takes 42.8 ms, with the same probabilities to within 1e-5 (results/scope-latency.txt): its
-kernels fuse attention and the feed-forward blocks that PyTorch runs op by op. int8 quantisation was faster still
-but flipped 5–8 % of the scope model's decisions, so the graph stays in fp32.
+12.5 ms where PyTorch takes 22.6 ms, changing none of its decisions on 1,357 probe pairs; int8 quantisation was
+faster still but changed 5–8 % of them, so the graph stays in fp32 (results/scope-latency.txt,
+benchmarks/scope_backends.py).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import numpy as np
 from lte.core import files
 
 log = logging.getLogger(__name__)
+
 
 def export_onnx(module, tokenizer, path: Path) -> None:
     """Write `module` (a transformers model taking the tokenizer's inputs, returning logits) to `path` as an ONNX
@@ -52,8 +53,8 @@ class OnnxClassifier:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         # Idle threads sleep rather than spin: a search runs PyTorch (the question's embedding) right before this,
-        # and spinning threads of the two pools take each other's cores (embedding plus six pairs: 35.8 ms
-        # spinning, 28.0 ms not, two threads).
+        # and spinning threads of the two pools take each other's cores (search plus decision at 10,000 edits:
+        # 36.7 ms spinning, 29.0 ms not; results/scope-latency.txt).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3  # warnings about unused initialisers are the exporter's, not the user's
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -75,7 +75,7 @@ class ScopeDataConfig:
     relation nouns (the nouns teach which words name the relation, whatever the wording around them).
     other_relations: same-subject other-relation negatives per relation-noun edit (the hard kind, so the most of
     them); near_relations: of those, how many are drawn from the relations whose nouns are nearest the edit's by the
-    embedder's cosine ("mother" for "father", "head of government" for "country"), the rest at random;
+    embedder's cosine ("mother" for "father", "head of state" for "head of government"), the rest at random;
     template_negatives: per training-file case, other cases' relation templates filled with its subject
     (besides one relation noun and its own locality probes). open_text: open-text negatives, each an instruction
     or passage paired with a random edit. The defaults make ~45,000 pairs, one epoch of which
@@ -273,6 +273,9 @@ def noun_pairs(subject: str, others: Sequence[str], names: Sequence[str], cfg: S
     return [p for p in pairs if p.question != prompt or p.label]
 
 
+NEAR_POOL = 6  # the nearest nouns a near negative is drawn from (of 72)
+
+
 def other_nouns(entry: dict, implied: set[str], cfg: ScopeDataConfig, rng: random.Random) -> list[dict]:
     """1 + cfg.other_relations relation nouns other than the edit's and those it implies: cfg.near_relations of
     them among its NEAR_POOL nearest by meaning that share no word with it, the rest (and always the last, the
@@ -286,9 +289,6 @@ def other_nouns(entry: dict, implied: set[str], cfg: ScopeDataConfig, rng: rando
         chosen = rng.sample(near, min(cfg.near_relations, len(near), cfg.other_relations))
     chosen += rng.sample([e for e in allowed if e not in chosen], 1 + cfg.other_relations - len(chosen))
     return chosen
-
-
-NEAR_POOL = 6  # the nearest nouns a near negative is drawn from (of 72)
 
 
 @cache
