@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import uuid
-from pathlib import Path
 
 from lte.core.catalog import dataset_path
 from lte.core.datasets import load_cases
 from lte.core.settings import Settings
 from retrieval.embedder import Embedder
-from retrieval.gate import UNFITTED, Gate
-from retrieval.scope import META_FILE, ScopeModel
+from retrieval.gate import UNFITTED
+from retrieval.scope import ScopeModel, load_decider
 from retrieval.store import EditStore, open_client
 
 FACETS = ("rewrite", "paraphrase", "locality", "portability")
@@ -58,9 +57,7 @@ def decider(spec: str):
         return "unfitted", UNFITTED
     name, _, path = spec.partition("=")
     path, _, backend = path.partition("@")
-    if (Path(path) / META_FILE).is_file():
-        return name, ScopeModel(path, backend=backend or None)
-    return name, Gate.load(Path(path))
+    return name, load_decider(path, backend or None)
 
 
 def main() -> None:

@@ -26,24 +26,29 @@ SIX = [("Which city is the Space Needle in?", "The Space Needle is located in th
        ("Which city is the Space Needle in?", "The CN Tower is located in the city of"),
        ("Which city is the Space Needle in?", "The official language of Seattle is"),
        ("Which city is the Space Needle in?", "Space Shuttle Discovery is owned by")]
+SIX_SUBJECTS = ["Space Needle", "Space Needle", "Seattle Center Monorail", "CN Tower", "Seattle",
+                "Space Shuttle Discovery"]
 
 
-def probe_pairs(datasets: list[str], n: int) -> list[tuple[str, str]]:
-    pairs = []
+def probe_pairs(datasets: list[str], n: int) -> tuple[list[tuple[str, str]], list[str]]:
+    """(question, edit prompt) for every probe of the first n cases of each dataset, and the edits' subjects."""
+    pairs, subjects = [], []
     for name in datasets:
         _, path = dataset_path(name, Settings.from_env())
         for case in load_cases(path)[:n]:
-            pairs += [(p.prompt, case.edit.prompt) for p in (*case.paraphrases, *case.locality, *case.portability)]
-    return pairs
+            probes = (*case.paraphrases, *case.locality, *case.portability)
+            pairs += [(p.prompt, case.edit.prompt) for p in probes]
+            subjects += [case.edit.subject] * len(probes)
+    return pairs, subjects
 
 
 def decision_ms(model: ScopeModel, repeats: int = 60) -> float:
     for _ in range(5):
-        model.probabilities(SIX)
+        model.probabilities(SIX, SIX_SUBJECTS)
     timings = []
     for _ in range(repeats):
         start = time.perf_counter()
-        model.probabilities(SIX)
+        model.probabilities(SIX, SIX_SUBJECTS)
         timings.append(time.perf_counter() - start)
     return 1000 * float(np.median(timings))
 
@@ -66,17 +71,17 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=150, help="cases per dataset whose probes are scored")
     parser.add_argument("--datasets", nargs="+", default=["counterfact", "zsre", "wiki_counterfact"])
     args = parser.parse_args()
-    pairs = probe_pairs(args.datasets, args.n)
+    pairs, subjects = probe_pairs(args.datasets, args.n)
     reference = ScopeModel(args.scope, backend="torch")
     threshold = reference.threshold
-    expected = reference.probabilities(pairs) >= threshold
+    expected = reference.probabilities(pairs, subjects) >= threshold
     ways = {"torch fp32": reference, "onnx fp32": ScopeModel(args.scope, backend="onnx"),
             "torch int8 per-tensor": quantized(args.scope, per_channel=False),
             "torch int8 per-channel": quantized(args.scope, per_channel=True)}
     print(f"{len(pairs)} probe pairs ({', '.join(args.datasets)}, {args.n} cases each); threshold {threshold}")
     print(f"{'backend':<24}{'6 pairs p50':>14}{'decisions changed':>20}")
     for name, model in ways.items():
-        changed = float(np.mean((model.probabilities(pairs) >= threshold) != expected))
+        changed = float(np.mean((model.probabilities(pairs, subjects) >= threshold) != expected))
         print(f"{name:<24}{decision_ms(model):>11.1f} ms{changed:>20.4f}")
 
 

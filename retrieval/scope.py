@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import random
+import re
 import shutil
 import time
 from collections.abc import Sequence
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 META_FILE = "scope.json"
 BACKENDS = ("onnx", "torch")
 SCOPE_DIR = "scope"  # the scope model `lte align` trains inside the aligned model's folder
+INPUTS = ("plain", "subject_marked")  # what a scope model reads (ScopeInfo.inputs)
+SUBJECT_MARK = "[MASK]"  # one token of the encoder's vocabulary that no question or edit contains
 
 
 def scope_beside(model_spec: str) -> ScopeModel | None:
@@ -58,7 +61,11 @@ class ScopeConfig:
     fine-tuning rate for a small BERT (2e-5 to 5e-5; the higher end, as there is one epoch). max_length: tokens per
     pair (question + edit prompt; the longest training pairs are ~60). threshold: p(in scope) an edit needs to enter
     the prompt (0.5 with positives weighted to balance the classes). balance: weight positives by negatives/positives
-    in the loss (the pairs are ~40 % positive). max_steps: stop early (tests, trials); 0 = the whole epoch count."""
+    in the loss (the pairs are ~40 % positive). max_steps: stop early (tests, trials); 0 = the whole epoch count.
+    mark_subject: read pairs as `marked_pair` writes them (the edit's subject replaced by one marker token in both
+    texts, its name after the edit prompt), so that the relation is compared word for word whenever the question
+    names the edit's subject, however long the name; off by default: it routes ZsRE better and wiki_counterfact
+    worse than plain texts (results/scope-subject-marked.txt)."""
 
     base: str | None = None
     epochs: int = 1
@@ -70,15 +77,18 @@ class ScopeConfig:
     balance: bool = True
     max_steps: int = 0
     seed: int = 0
+    mark_subject: bool = False
 
 
 @dataclass
 class ScopeInfo:
     """What `scope.json` records: the threshold in use, what scores the model on the CPU (onnx or torch; on a GPU
-    always torch) and how the model was made."""
+    always torch), what it reads (INPUTS: plain texts, or subject-marked ones; folders that record none read plain
+    texts) and how the model was made."""
 
     threshold: float = 0.5
     backend: str = "onnx"
+    inputs: str = "plain"
     base: str = ""
     pairs: int = 0
     mix: dict[str, int] = field(default_factory=dict)
@@ -103,6 +113,9 @@ class ScopeModel:
         if self.backend not in BACKENDS:
             raise InputFileError(f"lte: {path / META_FILE}: backend {self.backend!r} is not one of "
                                  f"{', '.join(BACKENDS)}")
+        if self.info.inputs not in INPUTS:
+            raise InputFileError(f"lte: {path / META_FILE}: inputs {self.info.inputs!r} is not one of "
+                                 f"{', '.join(INPUTS)}")
         self.model = CrossEncoder(str(path), num_labels=1, device=device)
         self.onnx = None
         if self.backend == "onnx" and device == "cpu":
@@ -122,9 +135,16 @@ class ScopeModel:
             digest.update(weights.read_bytes())
         return digest.hexdigest()[:16]
 
-    def probabilities(self, pairs: Sequence[tuple[str, str]], batch_size: int = 64) -> np.ndarray:
+    def probabilities(self, pairs: Sequence[tuple[str, str]], subjects: Sequence[str] | None = None,
+                      batch_size: int = 64) -> np.ndarray:
+        """p(in scope) for (question, edit prompt) pairs; subjects: each pair's edit subject, which a
+        subject-marked model needs."""
         if not pairs:
             return np.zeros(0)
+        if self.info.inputs == "subject_marked":
+            if subjects is None or len(subjects) != len(pairs):
+                raise ValueError(f"{self.path}: this scope model reads the edit's subject: pass one subject per pair")
+            pairs = [marked_pair(q, e, s) for (q, e), s in zip(pairs, subjects)]
         if self.onnx is not None:
             return 1.0 / (1.0 + np.exp(-self.onnx.logits(pairs, batch_size).astype(np.float64)))
         import torch
@@ -135,12 +155,35 @@ class ScopeModel:
 
     def accuracy(self, pairs: Sequence[ScopePair]) -> float:
         """Share of labelled pairs decided right at the threshold."""
-        p = self.probabilities([(x.question, x.edit_prompt) for x in pairs])
+        p = self.probabilities([(x.question, x.edit_prompt) for x in pairs], [x.subject for x in pairs])
         return float(np.mean((p >= self.threshold) == np.array([x.label for x in pairs]))) if pairs else 0.0
 
     def describe(self) -> str:
         return (f"scope model {self.path} (cross-encoder on {self.backend}, threshold {self.threshold:.2f}, "
                 f"{self.info.pairs} pairs)")
+
+
+def load_decider(path: str | Path, backend: str | None = None):
+    """What decides scope from a path: a scope model folder (ScopeModel, scored by `backend` or the one its
+    scope.json records), else a relevance gate's JSON file (Gate)."""
+    from retrieval.gate import Gate
+
+    path = Path(path).expanduser()
+    return ScopeModel(path, backend=backend) if (path / META_FILE).is_file() else Gate.load(path)
+
+
+def marked_pair(question: str, edit_prompt: str, subject: str) -> tuple[str, str]:
+    """(question, edit prompt) as a subject-marked scope model reads them: wherever either text names the edit's
+    subject (whole words, any case), one marker token stands for it, and the subject's name follows the edit prompt.
+    When the question names the subject, the model compares relations word for word ("[MASK] follows" against
+    "The name of the country which [MASK] is associated with is") instead of finding a long shared name in both;
+    when it names someone else, or the subject under an alias, the model compares that name with the one after
+    the edit."""
+    name = subject.strip()
+    if not name:
+        return question, edit_prompt
+    pattern = re.compile(rf"(?<!\w){re.escape(name)}(?!\w)", re.IGNORECASE)
+    return pattern.sub(SUBJECT_MARK, question), f"{pattern.sub(SUBJECT_MARK, edit_prompt)} | {name}"
 
 
 def classifier_of(model):
@@ -157,12 +200,14 @@ def train_scope(pairs: Sequence[ScopePair], out: str | Path, cfg: ScopeConfig | 
     if not pairs:
         raise InputFileError("lte: no training pairs for the scope model")
     out = Path(out).expanduser()
+    inputs = ScopeModel(start_from).info.inputs if start_from else ("subject_marked" if cfg.mark_subject else "plain")
     with files.atomic_path(out, directory=True) as staging:
         start = time.time()
-        model = fit_cross_encoder(pairs, cfg, staging / "checkpoints", progress, start_from)
+        model = fit_cross_encoder(pairs, cfg, staging / "checkpoints", progress, start_from, inputs)
         model.save_pretrained(str(staging))
         shutil.rmtree(staging / "checkpoints", ignore_errors=True)
-        info = ScopeInfo(threshold=cfg.threshold, base=str(start_from or cfg.base or "all-minilm-l6-v2"),
+        info = ScopeInfo(threshold=cfg.threshold, inputs=inputs,
+                         base=str(start_from or cfg.base or "all-minilm-l6-v2"),
                          pairs=len(pairs), mix=mix(pairs), train_seconds=round(time.time() - start, 1),
                          fine_tuned_from=str(start_from or ""))
         files.write_json(staging / META_FILE, asdict(info))
@@ -170,8 +215,9 @@ def train_scope(pairs: Sequence[ScopePair], out: str | Path, cfg: ScopeConfig | 
 
 
 def fit_cross_encoder(pairs: Sequence[ScopePair], cfg: ScopeConfig, scratch: Path, progress: bool,
-                      start_from: str | Path | None):
-    """One CrossEncoderTrainer run with binary cross-entropy; returns the trained CrossEncoder."""
+                      start_from: str | Path | None, inputs: str):
+    """One CrossEncoderTrainer run with binary cross-entropy on the pairs as `inputs` reads them; returns the
+    trained CrossEncoder."""
     import torch
     from datasets import Dataset
     from sentence_transformers import CrossEncoder
@@ -186,7 +232,9 @@ def fit_cross_encoder(pairs: Sequence[ScopePair], cfg: ScopeConfig, scratch: Pat
     positives = sum(p.label for p in pairs)
     weight = (len(pairs) - positives) / max(positives, 1) if cfg.balance else 1.0
     loss = BinaryCrossEntropyLoss(model, pos_weight=torch.tensor(weight))
-    rows = Dataset.from_dict({"question": [p.question for p in pairs], "edit": [p.edit_prompt for p in pairs],
+    texts = [marked_pair(p.question, p.edit_prompt, p.subject) if inputs == "subject_marked"
+             else (p.question, p.edit_prompt) for p in pairs]
+    rows = Dataset.from_dict({"question": [q for q, _ in texts], "edit": [e for _, e in texts],
                               "label": [float(p.label) for p in pairs]})
     args = CrossEncoderTrainingArguments(
         output_dir=str(scratch), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps or -1,

@@ -35,7 +35,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, partial
 
 import numpy as np
 from lte_data import data_path
@@ -62,10 +62,15 @@ STOPWORDS = frozenset("the of a an is are was were in on at to by for from with 
 
 @dataclass(frozen=True)
 class ScopePair:
+    """question: what is asked; edit_prompt: the stored edit's prompt; label: whether the edit answers the question;
+    kind: which generator made it (POSITIVE_KINDS, NEGATIVE_KINDS); subject: the edit's subject (what a
+    subject-marked scope model marks in both texts)."""
+
     question: str
     edit_prompt: str
     label: bool
     kind: str
+    subject: str
 
 
 @dataclass
@@ -114,19 +119,20 @@ def case_pairs(case: EditCase, templates: Sequence[str], others: Sequence[EditCa
                cfg: ScopeDataConfig, rng: random.Random) -> list[ScopePair]:
     """Pairs for one training-file case: its own probes, plus other relations asked of its subject."""
     edit = case.edit
-    pairs = [ScopePair(edit.prompt, edit.prompt, True, "prompt")]
-    pairs += [ScopePair(p.prompt, edit.prompt, True, "paraphrase") for p in case.paraphrases]
-    pairs += [ScopePair(edit.prompt, p.prompt, True, "paraphrase") for p in case.paraphrases[:1]]
-    pairs += [ScopePair(p.prompt, edit.prompt, False,
+    pair = partial(ScopePair, subject=edit.subject)
+    pairs = [pair(edit.prompt, edit.prompt, True, "prompt")]
+    pairs += [pair(p.prompt, edit.prompt, True, "paraphrase") for p in case.paraphrases]
+    pairs += [pair(edit.prompt, p.prompt, True, "paraphrase") for p in case.paraphrases[:1]]
+    pairs += [pair(p.prompt, edit.prompt, False,
                         "other_relation" if p.kind in SAME_SUBJECT_KINDS else locality_kind(p.prompt, edit.subject))
               for p in case.locality]
     own = content_words(" ".join(relation_template(edit.subject, t)
                                  for t in (edit.prompt, *(p.prompt for p in case.paraphrases))))
-    pairs += [ScopePair(t.format(edit.subject), edit.prompt, False, "other_relation")
+    pairs += [pair(t.format(edit.subject), edit.prompt, False, "other_relation")
               for t in other_templates(templates, own, cfg.template_negatives, rng)]
     nouns = [e for e in relation_nouns() if not any(content_words(f) & own for f in noun_forms(e))]
     if nouns:
-        pairs.append(ScopePair(noun_question(rng.choice(nouns)["noun"], edit.subject, rng), edit.prompt, False,
+        pairs.append(pair(noun_question(rng.choice(nouns)["noun"], edit.subject, rng), edit.prompt, False,
                                "other_relation"))
     pairs += similar_and_unrelated(case, others, names, rng)
     return pairs
@@ -153,18 +159,19 @@ def similar_and_unrelated(case: EditCase, others: Sequence[EditCase], names: Seq
     """The edit's own question about a similar-sounding subject (no pass) and under an alias (pass), and another
     case's question (no pass)."""
     edit = case.edit
+    pair = partial(ScopePair, subject=edit.subject)
     pairs = []
     question = rng.choice((case.rewrite[0], *case.paraphrases)).prompt
     if edit.subject in question:
         twin = other_entity(edit.subject, names, rng)
         if twin:
-            pairs.append(ScopePair(question.replace(edit.subject, twin), edit.prompt, False, "similar_subject"))
+            pairs.append(pair(question.replace(edit.subject, twin), edit.prompt, False, "similar_subject"))
         if rng.random() < 0.5:
-            pairs.append(ScopePair(question.replace(edit.subject, alias(edit.subject, rng)), edit.prompt, True,
+            pairs.append(pair(question.replace(edit.subject, alias(edit.subject, rng)), edit.prompt, True,
                                    "alias"))
     other = rng.choice(others)
     if other.edit.subject.lower() != edit.subject.lower():
-        pairs.append(ScopePair(other.edit.prompt, edit.prompt, False, "unrelated"))
+        pairs.append(pair(other.edit.prompt, edit.prompt, False, "unrelated"))
     return pairs
 
 
@@ -220,20 +227,21 @@ def table_pairs(case: EditCase, nouns_by_table: dict[str, list[dict]], others: S
     """A table case's own probes (paraphrases pass; other subjects and the subject's other relations do not), plus
     its relation in the relation nouns' words, and another relation noun of the same subject."""
     edit = case.edit
-    pairs = [ScopePair(p.prompt, edit.prompt, True, "paraphrase") for p in (*case.rewrite, *case.paraphrases)]
-    pairs += [ScopePair(p.prompt, edit.prompt, False,
+    pair = partial(ScopePair, subject=edit.subject)
+    pairs = [pair(p.prompt, edit.prompt, True, "paraphrase") for p in (*case.rewrite, *case.paraphrases)]
+    pairs += [pair(p.prompt, edit.prompt, False,
                         "other_relation" if p.kind in SAME_SUBJECT_KINDS else "other_subject")
               for p in case.locality]
     own = nouns_by_table.get(edit.relation, [])
     if own:
-        pairs.append(ScopePair(noun_question(rng.choice(noun_forms(rng.choice(own))), edit.subject, rng),
+        pairs.append(pair(noun_question(rng.choice(noun_forms(rng.choice(own))), edit.subject, rng),
                                edit.prompt, True, "relation_noun"))
     implied = {noun for entry in own for noun in entry.get("implies", ())}
     if implied:
-        pairs.append(ScopePair(noun_question(rng.choice(sorted(implied)), edit.subject, rng), edit.prompt, True,
+        pairs.append(pair(noun_question(rng.choice(sorted(implied)), edit.subject, rng), edit.prompt, True,
                                "dependent"))
     foreign = [e for e in relation_nouns() if e.get("table") != edit.relation and e["noun"] not in implied]
-    pairs.append(ScopePair(noun_question(rng.choice(foreign)["noun"], edit.subject, rng), edit.prompt, False,
+    pairs.append(pair(noun_question(rng.choice(foreign)["noun"], edit.subject, rng), edit.prompt, False,
                            "other_relation"))
     return pairs + similar_and_unrelated(case, others, names, rng)
 
@@ -250,26 +258,27 @@ def noun_pairs(subject: str, others: Sequence[str], names: Sequence[str], cfg: S
     implied = set(entry.get("implies", ()))
     rest = other_nouns(entry, implied, cfg, rng)
     prompt = noun_question(entry["noun"], subject, rng)
+    pair = partial(ScopePair, subject=subject)
     outer = rest[-1]["noun"]
-    pairs = [ScopePair(noun_question(rng.choice(noun_forms(entry)), subject, rng), prompt, True, "relation_noun")
+    pairs = [pair(noun_question(rng.choice(noun_forms(entry)), subject, rng), prompt, True, "relation_noun")
              for _ in range(2)]
-    pairs.append(ScopePair(rng.choice(HOP_FRAMES).format(outer=outer, inner=entry["noun"], s=subject), prompt,
+    pairs.append(pair(rng.choice(HOP_FRAMES).format(outer=outer, inner=entry["noun"], s=subject), prompt,
                            True, "multi_hop"))
     if implied:
-        pairs.append(ScopePair(noun_question(rng.choice(sorted(implied)), subject, rng), prompt, True, "dependent"))
+        pairs.append(pair(noun_question(rng.choice(sorted(implied)), subject, rng), prompt, True, "dependent"))
     if rng.random() < 0.5:
-        pairs.append(ScopePair(noun_question(entry["noun"], alias(subject, rng), rng), prompt, True, "alias"))
-    pairs += [ScopePair(noun_question(e["noun"], subject, rng), prompt, False, "other_relation")
+        pairs.append(pair(noun_question(entry["noun"], alias(subject, rng), rng), prompt, True, "alias"))
+    pairs += [pair(noun_question(e["noun"], subject, rng), prompt, False, "other_relation")
               for e in rest[:-1]]
     if rng.random() < 0.3:
-        pairs.append(ScopePair(rng.choice(HOP_FRAMES).format(outer=entry["noun"], inner=outer, s=subject), prompt,
+        pairs.append(pair(rng.choice(HOP_FRAMES).format(outer=entry["noun"], inner=outer, s=subject), prompt,
                                False, "other_relation"))
     other = rng.choice(others)
     if other.lower() != subject.lower():
-        pairs.append(ScopePair(noun_question(entry["noun"], other, rng), prompt, False, "other_subject"))
+        pairs.append(pair(noun_question(entry["noun"], other, rng), prompt, False, "other_subject"))
     twin = other_entity(subject, names, rng)
     if twin:
-        pairs.append(ScopePair(noun_question(entry["noun"], twin, rng), prompt, False, "similar_subject"))
+        pairs.append(pair(noun_question(entry["noun"], twin, rng), prompt, False, "similar_subject"))
     return [p for p in pairs if p.question != prompt or p.label]
 
 
@@ -330,11 +339,14 @@ def open_text(rng: random.Random) -> str:
     return PASSAGE_FRAME.format(text) if rng.random() < 0.5 else text
 
 
-def open_pairs(prompts: Sequence[str], n: int, rng: random.Random) -> list[ScopePair]:
-    """n open texts, each against a random edit prompt: no edit is about them."""
-    if not prompts:
-        return []
-    return [ScopePair(open_text(rng), rng.choice(prompts), False, "open") for _ in range(n)]
+def open_pairs(edits: Sequence[tuple[str, str]], n: int, rng: random.Random) -> list[ScopePair]:
+    """n open texts, each against a random edit (its prompt and subject): no edit is about them."""
+    pairs = []
+    for _ in range(n if edits else 0):
+        text = open_text(rng)
+        prompt, subject = rng.choice(edits)
+        pairs.append(ScopePair(text, prompt, False, "open", subject))
+    return pairs
 
 
 # ---------------------------------------------------------------- all together
@@ -360,7 +372,7 @@ def scope_pairs(file_cases: Sequence[Sequence[EditCase]], table: Sequence[EditCa
     pairs += [p for case in table for p in table_pairs(case, by_table, table, names, rng)]
     if names:
         pairs += [p for _ in range(cfg.noun_edits) for p in noun_pairs(rng.choice(names), names, names, cfg, rng)]
-    pairs += open_pairs(sorted({p.edit_prompt for p in pairs}), cfg.open_text, rng)
+    pairs += open_pairs(sorted({(p.edit_prompt, p.subject) for p in pairs}), cfg.open_text, rng)
     unique = list({(p.question, p.edit_prompt): p for p in pairs}.values())
     rng.shuffle(unique)
     return unique

@@ -551,7 +551,7 @@ class EditStore:
         queries = [nfc(q) for q in queries]
         if self.scope is not None:
             pairs = [(q, e.prompt) for q, e in zip(queries, edits)]
-            return [round(float(p), 4) for p in self.scope.probabilities(pairs)]
+            return [round(float(p), 4) for p in self.scope.probabilities(pairs, [e.subject for e in edits])]
         if self.gate.weights[2] == 0:  # the unfitted gate ignores the relation: skip its embeddings
             features = [(c, gates.subject_coverage(q, e.subject), 0.0) for q, e, c in zip(queries, edits, cosines)]
         else:

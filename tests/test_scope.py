@@ -25,23 +25,24 @@ def tiny_pairs() -> list[ScopePair]:
     pairs = []
     for s in SUBJECTS:
         edit = f"The capital of {s} is"
-        pairs += [ScopePair(f"What is the capital of {s}?", edit, True, "paraphrase"),
-                  ScopePair(edit, edit, True, "prompt"),
-                  ScopePair(f"What is the language of {s}?", edit, False, "other_relation"),
-                  ScopePair(f"The language of {s} is", edit, False, "other_relation")]
+        pairs += [ScopePair(f"What is the capital of {s}?", edit, True, "paraphrase", s),
+                  ScopePair(edit, edit, True, "prompt", s),
+                  ScopePair(f"What is the language of {s}?", edit, False, "other_relation", s),
+                  ScopePair(f"The language of {s} is", edit, False, "other_relation", s)]
     return pairs
 
 
 @pytest.fixture(scope="module")
 def tiny_scope(tiny_encoder, tmp_path_factory):
     pairs = tiny_pairs()
-    cfg = ScopeConfig(base=str(tiny_encoder), max_steps=120, batch_size=8, learning_rate=1e-3, warmup_ratio=0.0)
+    cfg = ScopeConfig(base=str(tiny_encoder), max_steps=120, batch_size=8, learning_rate=1e-3, warmup_ratio=0.0,
+                      mark_subject=True)
     return train_scope(pairs, tmp_path_factory.mktemp("scope") / "model", cfg, progress=False)
 
 
 def test_scope_model_trained_on_tiny_pairs_separates_them(tiny_scope):
     pairs = tiny_pairs()
-    p = tiny_scope.probabilities([(x.question, x.edit_prompt) for x in pairs])
+    p = tiny_scope.probabilities([(x.question, x.edit_prompt) for x in pairs], [x.subject for x in pairs])
     labels = np.array([x.label for x in pairs])
     assert tiny_scope.accuracy(pairs) == 1.0
     assert p[labels].min() > p[~labels].max()  # a constant model scores both alike and fails here
@@ -100,6 +101,40 @@ def test_near_relation_negatives_come_from_the_nouns_nearest_in_meaning():
     assert share(near) >= 2 / 3 > 0.3 > share(plain)
 
 
+def test_marked_pairs_stand_one_token_for_the_subject_in_both_texts_and_name_it_after_the_edit():
+    from retrieval.scope import SUBJECT_MARK, marked_pair
+
+    question, edit = marked_pair("The name of the country which 1549 mikko is associated with is",
+                                 "1549 Mikko follows", "1549 Mikko")
+    assert question == f"The name of the country which {SUBJECT_MARK} is associated with is"
+    assert edit == f"{SUBJECT_MARK} follows | 1549 Mikko"
+    # whole words only: another name that contains it, an alias or another subject stays as written
+    assert marked_pair("Parisian food is", "Paris is in", "Paris")[0] == "Parisian food is"
+    assert marked_pair("The mother tongue of Léon Blum is", "The mother tongue of Danielle Darrieux is",
+                       "Danielle Darrieux") == ("The mother tongue of Léon Blum is",
+                                                f"The mother tongue of {SUBJECT_MARK} is | Danielle Darrieux")
+
+
+def test_a_subject_marked_model_scores_the_marked_texts_and_refuses_pairs_without_subjects(tiny_scope):
+    import json
+    import shutil
+
+    from retrieval.scope import marked_pair
+
+    assert tiny_scope.info.inputs == "subject_marked"
+    pairs, subjects = [(x.question, x.edit_prompt) for x in tiny_pairs()], [x.subject for x in tiny_pairs()]
+    with pytest.raises(ValueError, match="pass one subject per pair"):
+        tiny_scope.probabilities(pairs)
+    plain = tiny_scope.path.parent / "plain-reader"  # the same weights, told to read the texts as they are
+    shutil.copytree(tiny_scope.path, plain)
+    meta = json.loads((plain / "scope.json").read_text())
+    (plain / "scope.json").write_text(json.dumps({**meta, "inputs": "plain"}))
+    reader = ScopeModel(plain)
+    marked = [marked_pair(q, e, s) for (q, e), s in zip(pairs, subjects)]
+    assert np.abs(reader.probabilities(marked) - tiny_scope.probabilities(pairs, subjects)).max() < 1e-6
+    assert np.abs(reader.probabilities(pairs) - tiny_scope.probabilities(pairs, subjects)).max() > 1e-5
+
+
 def test_a_failed_training_leaves_nothing_at_the_target(tmp_path, monkeypatch, tiny_encoder):
     def broken(*args, **kwargs):
         raise RuntimeError("interrupted")
@@ -120,9 +155,10 @@ def test_a_folder_without_scope_json_is_refused_with_the_fix(tmp_path):
 def test_on_the_cpu_onnx_runtime_scores_the_scope_model_as_pytorch_does(tiny_scope, tmp_path):
     torch_model = ScopeModel(tiny_scope.path, backend="torch")
     pairs = [(x.question, x.edit_prompt) for x in tiny_pairs()]
+    subjects = [x.subject for x in tiny_pairs()]
     assert tiny_scope.backend == "onnx" and tiny_scope.onnx is not None and torch_model.onnx is None
     assert list(tiny_scope.path.glob(f"model.{tiny_scope.identity}.onnx"))
-    onnx_p, torch_p = tiny_scope.probabilities(pairs), torch_model.probabilities(pairs)
+    onnx_p, torch_p = tiny_scope.probabilities(pairs, subjects), torch_model.probabilities(pairs, subjects)
     assert np.abs(onnx_p - torch_p).max() < 1e-4 and "onnx" in tiny_scope.describe()
     assert tiny_scope.identity == torch_model.identity  # the same weights decide alike on either backend
 
@@ -142,7 +178,8 @@ def test_a_scope_model_that_cannot_be_exported_is_scored_by_pytorch(tiny_scope, 
     assert model.backend == "torch" and "unsupported operator" in caplog.text and "scoring with PyTorch" in caplog.text
     assert not list(copy.glob("*.onnx"))
     pairs = [(x.question, x.edit_prompt) for x in tiny_pairs()]
-    assert np.abs(model.probabilities(pairs) - tiny_scope.probabilities(pairs)).max() < 1e-4
+    subjects = [x.subject for x in tiny_pairs()]
+    assert np.abs(model.probabilities(pairs, subjects) - tiny_scope.probabilities(pairs, subjects)).max() < 1e-4
 
 
 def test_an_unknown_backend_is_refused_naming_the_file(tiny_scope):
@@ -186,3 +223,4 @@ def test_calibrate_fine_tunes_the_stores_scope_model_and_falls_back_to_the_gate_
     tuned = EditStore.open(tmp_path / "store").scope
     assert tuned.path == (tmp_path / "store" / "scope-edits").resolve()
     assert tuned.info.fine_tuned_from == str(tiny_scope.path) and tuned.identity != tiny_scope.identity
+    assert tuned.info.inputs == tiny_scope.info.inputs == "subject_marked"  # fine-tuning keeps what the model reads

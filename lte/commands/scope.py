@@ -38,6 +38,9 @@ def register(commands) -> None:
                        help=f"of each relation-noun edit's {data.other_relations} other-relation negatives, how "
                        "many come from the relations nearest its own in meaning (\"mother\" for \"father\"; "
                        "default %(default)s)")
+    train.add_argument("--mark-subject", action="store_true",
+                       help="read each pair with the edit's subject replaced by one marker token in both texts and "
+                       "named after the edit prompt (results/scope-subject-marked.txt; default: the texts as they are)")
     train.add_argument("--epochs", type=int, default=defaults.epochs,
                        help="passes over the pairs (default %(default)s)")
     train.add_argument("--max-steps", type=int, default=defaults.max_steps, help="stop after N steps (0: epochs)")
@@ -66,7 +69,7 @@ def run_train(args, settings) -> int:
                            noun_edits=args.noun_edits, near_relations=args.near_relations, seed=args.seed)
     pairs = training_pairs(args.data, data)
     cfg = ScopeConfig(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
-                      learning_rate=args.learning_rate, seed=args.seed)
+                      learning_rate=args.learning_rate, seed=args.seed, mark_subject=args.mark_subject)
     model = train_scope(pairs, out, cfg)
     print(f"scope model written to {out}: {len(pairs)} pairs {model.info.mix}, {model.info.train_seconds:.0f} s")
     return 0
