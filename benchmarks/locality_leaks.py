@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import re
 import uuid
 from collections import Counter
 
@@ -27,20 +26,17 @@ from lte.core.catalog import dataset_path
 from lte.core.datasets import load_cases
 from lte.core.settings import Settings
 from retrieval.embedder import Embedder
+from retrieval.gate import subject_pattern
 from retrieval.scope import ScopeModel, load_decider
 from retrieval.store import EditStore, open_client
 
 KINDS = ("own", "other, named", "other")
 
 
-def names(prompt: str, subject: str) -> bool:
-    return re.search(rf"(?<!\w){re.escape(subject.strip())}(?!\w)", prompt, re.IGNORECASE) is not None
-
-
 def leak_kind(hit_edit, case, prompt: str) -> str:
     if hit_edit.id in {e.id for e in case.edits}:
         return "own"
-    return "other, named" if names(prompt, hit_edit.subject) else "other"
+    return "other, named" if subject_pattern(hit_edit.subject).search(prompt) else "other"
 
 
 def main() -> None:

@@ -79,9 +79,14 @@ def rule_gate(threshold: float) -> Gate:
 UNFITTED = rule_gate(0.5)
 
 
+def subject_pattern(subject: str) -> re.Pattern:
+    """Where a text names the subject: as whole words, in any case."""
+    return re.compile(rf"(?<!\w){re.escape(subject.strip())}(?!\w)", re.IGNORECASE)
+
+
 def mask_subject(text: str, subject: str) -> str:
     """The text with the subject (or, failing that, each of its words) replaced by a placeholder."""
-    pattern = re.compile(rf"(?<!\w){re.escape(subject.strip())}(?!\w)", re.IGNORECASE)
+    pattern = subject_pattern(subject)
     if pattern.search(text):
         return pattern.sub(MASK, text)
     for word in sorted(subject_words(subject), key=len, reverse=True):

@@ -24,7 +24,6 @@ import hashlib
 import json
 import logging
 import random
-import re
 import shutil
 import time
 from collections.abc import Sequence
@@ -36,6 +35,7 @@ import numpy as np
 from lte.core import files
 from lte.core.errors import InputFileError, need
 from retrieval.embedder import resolve_embedder
+from retrieval.gate import subject_pattern
 from retrieval.onnx_encoder import onnx_classifier
 from retrieval.scope_data import ScopePair, mix
 
@@ -182,7 +182,7 @@ def marked_pair(question: str, edit_prompt: str, subject: str) -> tuple[str, str
     name = subject.strip()
     if not name:
         return question, edit_prompt
-    pattern = re.compile(rf"(?<!\w){re.escape(name)}(?!\w)", re.IGNORECASE)
+    pattern = subject_pattern(name)
     return pattern.sub(SUBJECT_MARK, question), f"{pattern.sub(SUBJECT_MARK, edit_prompt)} | {name}"
 
 

@@ -124,7 +124,7 @@ def case_pairs(case: EditCase, templates: Sequence[str], others: Sequence[EditCa
     pairs += [pair(p.prompt, edit.prompt, True, "paraphrase") for p in case.paraphrases]
     pairs += [pair(edit.prompt, p.prompt, True, "paraphrase") for p in case.paraphrases[:1]]
     pairs += [pair(p.prompt, edit.prompt, False,
-                        "other_relation" if p.kind in SAME_SUBJECT_KINDS else locality_kind(p.prompt, edit.subject))
+                   "other_relation" if p.kind in SAME_SUBJECT_KINDS else locality_kind(p.prompt, edit.subject))
               for p in case.locality]
     own = content_words(" ".join(relation_template(edit.subject, t)
                                  for t in (edit.prompt, *(p.prompt for p in case.paraphrases))))
@@ -133,7 +133,7 @@ def case_pairs(case: EditCase, templates: Sequence[str], others: Sequence[EditCa
     nouns = [e for e in relation_nouns() if not any(content_words(f) & own for f in noun_forms(e))]
     if nouns:
         pairs.append(pair(noun_question(rng.choice(nouns)["noun"], edit.subject, rng), edit.prompt, False,
-                               "other_relation"))
+                          "other_relation"))
     pairs += similar_and_unrelated(case, others, names, rng)
     return pairs
 
@@ -168,7 +168,7 @@ def similar_and_unrelated(case: EditCase, others: Sequence[EditCase], names: Seq
             pairs.append(pair(question.replace(edit.subject, twin), edit.prompt, False, "similar_subject"))
         if rng.random() < 0.5:
             pairs.append(pair(question.replace(edit.subject, alias(edit.subject, rng)), edit.prompt, True,
-                                   "alias"))
+                              "alias"))
     other = rng.choice(others)
     if other.edit.subject.lower() != edit.subject.lower():
         pairs.append(pair(other.edit.prompt, edit.prompt, False, "unrelated"))
@@ -230,19 +230,19 @@ def table_pairs(case: EditCase, nouns_by_table: dict[str, list[dict]], others: S
     pair = partial(ScopePair, subject=edit.subject)
     pairs = [pair(p.prompt, edit.prompt, True, "paraphrase") for p in (*case.rewrite, *case.paraphrases)]
     pairs += [pair(p.prompt, edit.prompt, False,
-                        "other_relation" if p.kind in SAME_SUBJECT_KINDS else "other_subject")
+                   "other_relation" if p.kind in SAME_SUBJECT_KINDS else "other_subject")
               for p in case.locality]
     own = nouns_by_table.get(edit.relation, [])
     if own:
         pairs.append(pair(noun_question(rng.choice(noun_forms(rng.choice(own))), edit.subject, rng),
-                               edit.prompt, True, "relation_noun"))
+                          edit.prompt, True, "relation_noun"))
     implied = {noun for entry in own for noun in entry.get("implies", ())}
     if implied:
         pairs.append(pair(noun_question(rng.choice(sorted(implied)), edit.subject, rng), edit.prompt, True,
-                               "dependent"))
+                          "dependent"))
     foreign = [e for e in relation_nouns() if e.get("table") != edit.relation and e["noun"] not in implied]
     pairs.append(pair(noun_question(rng.choice(foreign)["noun"], edit.subject, rng), edit.prompt, False,
-                           "other_relation"))
+                      "other_relation"))
     return pairs + similar_and_unrelated(case, others, names, rng)
 
 
@@ -263,7 +263,7 @@ def noun_pairs(subject: str, others: Sequence[str], names: Sequence[str], cfg: S
     pairs = [pair(noun_question(rng.choice(noun_forms(entry)), subject, rng), prompt, True, "relation_noun")
              for _ in range(2)]
     pairs.append(pair(rng.choice(HOP_FRAMES).format(outer=outer, inner=entry["noun"], s=subject), prompt,
-                           True, "multi_hop"))
+                      True, "multi_hop"))
     if implied:
         pairs.append(pair(noun_question(rng.choice(sorted(implied)), subject, rng), prompt, True, "dependent"))
     if rng.random() < 0.5:
@@ -272,7 +272,7 @@ def noun_pairs(subject: str, others: Sequence[str], names: Sequence[str], cfg: S
               for e in rest[:-1]]
     if rng.random() < 0.3:
         pairs.append(pair(rng.choice(HOP_FRAMES).format(outer=entry["noun"], inner=outer, s=subject), prompt,
-                               False, "other_relation"))
+                          False, "other_relation"))
     other = rng.choice(others)
     if other.lower() != subject.lower():
         pairs.append(pair(noun_question(entry["noun"], other, rng), prompt, False, "other_subject"))
